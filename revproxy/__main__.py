@@ -1,0 +1,5 @@
+import sys
+
+from revproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,277 @@
+"""The main process: listening sockets, worker processes, signals.
+
+It binds every listener once per worker slot with SO_REUSEPORT, so the kernel
+spreads new connections evenly over the workers, and it keeps those sockets
+open for its whole life: a worker that dies or is replaced on reload hands
+its slot to the next one without a listening socket ever closing, so no
+connection attempt is refused. The main process runs no event loop; it waits
+for signals synchronously (they are blocked and taken with sigtimedwait).
+
+Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration
+(validated first; a bad one is reported and the running one kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from revproxy.config.load import ConfigError, load_config
+from revproxy.config.model import Config, ListenerConfig
+from revproxy.process.worker import run_worker
+from revproxy.tls.context import build_listener_context, build_pool_context
+
+log = logging.getLogger("revproxy.main")
+
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_RESTART_BACKOFF = 1.0  # a worker that dies sooner than this after start waits this long
+
+
+def worker_count(config: Config) -> int:
+    return config.global_.workers or os.cpu_count() or 1
+
+
+def prepare(config: Config) -> None:
+    """Build what a worker would build from `config`, so errors surface before forking."""
+    for listener in config.listeners:
+        if listener.tls:
+            build_listener_context(listener)
+    for pool in config.pools:
+        if pool.tls:
+            build_pool_context(pool)
+
+
+def _bind(listener: ListenerConfig, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((listener.host, port))
+        sock.listen(listener.backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class _Slots:
+    """One listener's sockets, one per worker slot."""
+
+    key: tuple[str, int]
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+
+class Master:
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+        self.config: Config | None = None
+        self.slots: dict[str, _Slots] = {}
+        self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
+        self.retiring: set[int] = set()
+        self.stopping = False
+
+    # ------------------------------------------------------------------ sockets
+
+    def _open_sockets(self, config: Config, count: int) -> dict[str, _Slots]:
+        """Sockets for `config`, reusing those already bound to the same address."""
+        reused = {s.key: s for s in self.slots.values()}
+        result: dict[str, _Slots] = {}
+        try:
+            for listener in config.listeners:
+                key = (listener.host, listener.port)
+                slots = reused.pop(key, None) if listener.port else None
+                if slots is None:
+                    slots = _Slots(key)
+                    slots.sockets.append(_bind(listener, listener.port))
+                port = slots.port
+                while len(slots.sockets) < count:
+                    slots.sockets.append(_bind(listener, port))
+                result[listener.name] = slots
+                log.info(
+                    "listener %s on %s:%d (%s)",
+                    listener.name,
+                    listener.host,
+                    port,
+                    "tls" if listener.tls else "plain",
+                )
+        except OSError:
+            for name, slots in result.items():
+                if self.slots.get(name) is not slots:
+                    for sock in slots.sockets:
+                        sock.close()
+            raise
+        return result
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self, slot: int) -> None:
+        assert self.config is not None
+        sockets = {name: s.sockets[slot] for name, s in self.slots.items()}
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                for slots in self.slots.values():
+                    for i, sock in enumerate(slots.sockets):
+                        if i != slot:
+                            sock.close()
+                code = run_worker(self.config, sockets, parent)
+            except BaseException:
+                log.exception("worker failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.workers[pid] = (slot, time.monotonic())
+
+    def _signal_workers(self, pids: set[int] | list[int], sig: int) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            info = self.workers.pop(pid, None)
+            if pid in self.retiring:
+                self.retiring.discard(pid)
+                continue
+            if info is None or self.stopping:
+                continue
+            slot, started = info
+            log.error(
+                "worker %d (slot %d) exited unexpectedly (%s); starting a new one",
+                pid,
+                slot,
+                _describe(status),
+            )
+            if time.monotonic() - started < _RESTART_BACKOFF:
+                time.sleep(_RESTART_BACKOFF)
+            self._spawn(slot)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        config = load_config(self.config_path)
+        prepare(config)
+        self.config = config
+        self.slots = self._open_sockets(config, worker_count(config))
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        for slot in range(worker_count(config)):
+            self._spawn(slot)
+        log.info("revproxy started: %d workers, pid %d", len(self.workers), os.getpid())
+
+    def reload(self) -> bool:
+        """Load and check the configuration again; switch to it only if it is good."""
+        try:
+            config = load_config(self.config_path)
+            prepare(config)
+            count = worker_count(config)
+            slots = self._open_sockets(config, count)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("reload refused, the running configuration stays:\n%s", exc)
+            return False
+        old_slots = self.slots
+        kept = {id(s) for s in slots.values()}
+        old_workers = set(self.workers)
+        self.config = config
+        self.slots = slots
+        for slot in range(count):
+            self._spawn(slot)
+        self.retiring |= old_workers
+        self._signal_workers(old_workers, signal.SIGTERM)
+        for name, s in old_slots.items():
+            if id(s) not in kept:
+                log.info("listener %s closed", name)
+                for sock in s.sockets:
+                    sock.close()
+            elif len(s.sockets) > count:
+                for sock in s.sockets[count:]:
+                    sock.close()
+                del s.sockets[count:]
+        log.info("configuration reloaded: %d workers", count)
+        return True
+
+    def run(self) -> int:
+        """Wait for signals until stopped; returns the exit status."""
+        while True:
+            info = signal.sigtimedwait(_SIGNALS, 1.0)
+            if info is None:
+                self._reap()
+                continue
+            sig = info.si_signo
+            if sig == signal.SIGCHLD:
+                self._reap()
+            elif sig == signal.SIGHUP:
+                self.reload()
+            elif sig in (signal.SIGTERM, signal.SIGINT):
+                return self.stop()
+
+    def stop(self) -> int:
+        self.stopping = True
+        log.info("stopping: waiting for workers to finish their requests")
+        everyone = set(self.workers) | self.retiring
+        self._signal_workers(everyone, signal.SIGTERM)
+        grace = self.config.global_.shutdown_grace if self.config else 30.0
+        deadline = time.monotonic() + grace + 5.0
+        while everyone and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                everyone.discard(pid)
+            else:
+                signal.sigtimedwait({signal.SIGCHLD}, 0.2)
+        if everyone:
+            log.warning("workers still running after the grace period: killing them")
+            self._signal_workers(everyone, signal.SIGKILL)
+        for slots in self.slots.values():
+            for sock in slots.sockets:
+                sock.close()
+        log.info("stopped")
+        return 0
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
+
+
+def serve(config_path: str) -> int:
+    """Run the proxy in the foreground; the return value is the process exit status."""
+    master = Master(config_path)
+    try:
+        master.start()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"revproxy: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    return master.run()

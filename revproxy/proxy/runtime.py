@@ -1,0 +1,153 @@
+"""The configuration turned into the objects one worker's data plane runs on.
+
+Built once per configuration: routers per listener, pools with their servers
+and idle-connection endpoints, TLS contexts. Values the per-request path reads
+are copied into flat attributes here so that path reads no nested config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+
+from revproxy.balance.pool import Pool, Server
+from revproxy.config.model import Config, ListenerConfig, ServiceConfig
+from revproxy.http.forward import Forwarding
+from revproxy.proxy.router import Router
+from revproxy.proxy.upstream import Endpoint
+from revproxy.tls.context import build_listener_context, build_pool_context
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Service:
+    """A service as the data plane uses it."""
+
+    __slots__ = (
+        "config",
+        "name",
+        "pool",
+        "endpoints",
+        "forwarding",
+        "trusted",
+        "retries",
+        "ntlm_pinning",
+        "t_header",
+        "t_body_idle",
+        "t_keepalive",
+        "t_connect",
+        "t_response",
+        "t_server_body",
+        "t_tunnel",
+        "max_request_line",
+        "max_header_bytes",
+        "max_header_count",
+        "max_body",
+    )
+
+    def __init__(self, config: ServiceConfig, pool: Pool, endpoints: dict[Server, Endpoint]):
+        self.config = config
+        self.name = config.name
+        self.pool = pool
+        self.endpoints = endpoints
+        h = config.headers
+        self.forwarding = Forwarding(
+            x_forwarded_for=h.x_forwarded_for,
+            x_forwarded_proto=h.x_forwarded_proto,
+            x_forwarded_host=h.x_forwarded_host,
+            via=(b"1.1 " + h.via_name.encode()) if h.via else b"",
+        )
+        self.trusted: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in h.trusted_proxies
+        )
+        self.retries = config.retries
+        self.ntlm_pinning = config.ntlm_pinning
+        t = config.timeouts
+        self.t_header = t.client_header
+        self.t_body_idle = t.client_body_idle
+        self.t_keepalive = t.keepalive_idle
+        self.t_connect = t.server_connect
+        self.t_response = t.server_response_header
+        self.t_server_body = t.server_body_idle
+        self.t_tunnel = t.tunnel_idle
+        lim = config.limits
+        self.max_request_line = lim.max_request_line
+        self.max_header_bytes = lim.max_header_bytes
+        self.max_header_count = lim.max_header_count
+        self.max_body = lim.max_body_bytes
+
+    def trusts(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+
+class Listener:
+    """A listener's routing and the limits that apply before a service is known."""
+
+    __slots__ = (
+        "config",
+        "name",
+        "router",
+        "ssl_context",
+        "scheme",
+        "t_header",
+        "max_request_line",
+        "max_header_bytes",
+        "max_header_count",
+    )
+
+    def __init__(self, config: ListenerConfig, services: list[Service]):
+        self.config = config
+        self.name = config.name
+        self.router: Router[Service] = Router((s.config.hosts, s.config.paths, s) for s in services)
+        self.ssl_context: ssl.SSLContext | None = (
+            build_listener_context(config) if config.tls else None
+        )
+        self.scheme = b"https" if config.tls else b"http"
+        # Until the head is parsed the service is unknown: the most generous one applies,
+        # and the chosen service's own limits are checked once it is known.
+        self.t_header = max((s.t_header for s in services), default=10.0)
+        self.max_request_line = max((s.max_request_line for s in services), default=8192)
+        self.max_header_bytes = max((s.max_header_bytes for s in services), default=32768)
+        self.max_header_count = max((s.max_header_count for s in services), default=100)
+
+
+class Runtime:
+    """Everything one worker needs for one configuration."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.pools: dict[str, Pool] = {}
+        self.endpoints: list[Endpoint] = []
+        endpoints_by_pool: dict[str, dict[Server, Endpoint]] = {}
+        for pool_cfg in config.pools:
+            pool = Pool(pool_cfg)
+            self.pools[pool.name] = pool
+            ctx = build_pool_context(pool_cfg) if pool_cfg.tls else None
+            eps = {s: Endpoint(s, pool_cfg, ctx, loop) for s in pool.servers}
+            endpoints_by_pool[pool.name] = eps
+            self.endpoints.extend(eps.values())
+        self.services: dict[str, Service] = {}
+        for svc_cfg in config.services:
+            self.services[svc_cfg.name] = Service(
+                svc_cfg, self.pools[svc_cfg.pool], endpoints_by_pool[svc_cfg.pool]
+            )
+        self.listeners: dict[str, Listener] = {}
+        for lst_cfg in config.listeners:
+            services = [self.services[s.name] for s in config.services_for(lst_cfg)]
+            self.listeners[lst_cfg.name] = Listener(lst_cfg, services)
+
+    def expire_idle(self, now: float) -> None:
+        for ep in self.endpoints:
+            if ep.idle:
+                ep.expire_idle(now)
+
+    def close_idle(self) -> None:
+        for ep in self.endpoints:
+            ep.close_idle()

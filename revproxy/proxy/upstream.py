@@ -1,0 +1,175 @@
+"""Connections to real servers, and the idle connections kept for reuse.
+
+A ServerConnection is a thin pipe: bytes from the server go to whoever owns it
+(the client connection whose request it carries); all HTTP logic stays in the
+client connection, which knows the request the response answers. An Endpoint
+is one server's set of idle keep-alive connections: taken most recent first
+(warm, least likely to have been closed by the server), expired oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING, Protocol, cast
+
+from revproxy.balance.pool import Server
+from revproxy.config.model import PoolConfig
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+WRITE_HIGH = 256 * 1024
+WRITE_LOW = 64 * 1024
+
+
+class Owner(Protocol):
+    """What a server connection reports to the client connection that owns it."""
+
+    def server_data(self, conn: ServerConnection, data: bytes) -> None: ...
+    def server_lost(self, conn: ServerConnection, exc: Exception | None) -> None: ...
+    def server_write_paused(self, paused: bool) -> None: ...
+
+
+class ServerConnection(asyncio.Protocol):
+    __slots__ = ("endpoint", "transport", "owner", "closed", "idle_since", "requests")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.owner: Owner | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests = 0  # requests carried, >0 means a reused connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is None:
+            # An idle connection has nothing to say; bytes now mean it is unusable.
+            self.close()
+            return
+        owner.server_data(self, data)
+
+    def eof_received(self) -> bool:
+        # Half-closed by the server: the connection ends (connection_lost follows).
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        owner = self.owner
+        if owner is None:
+            self.endpoint.forget(self)
+        else:
+            self.owner = None
+            owner.server_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.server_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.owner is not None:
+            self.owner.server_write_paused(False)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.owner = None
+            self.endpoint.forget(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.owner = None
+            self.endpoint.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+
+
+class Endpoint:
+    """How to reach one server, and its idle connections."""
+
+    __slots__ = (
+        "server",
+        "pool_config",
+        "ssl_context",
+        "server_hostname",
+        "idle",
+        "max_idle",
+        "idle_timeout",
+        "_loop",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        pool_config: PoolConfig,
+        ssl_context: ssl.SSLContext | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.server = server
+        self.pool_config = pool_config
+        self.ssl_context = ssl_context
+        self.server_hostname = pool_config.server_name or server.config.host
+        self.idle: list[ServerConnection] = []
+        self.max_idle = pool_config.max_idle_per_server
+        self.idle_timeout = pool_config.idle_timeout
+        self._loop = loop
+
+    def take_idle(self) -> ServerConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def put_idle(self, conn: ServerConnection) -> None:
+        conn.owner = None
+        if conn.closed:
+            return
+        conn.idle_since = self._loop.time()
+        self.idle.append(conn)
+        if len(self.idle) > self.max_idle:
+            self.idle[0].close()
+
+    def forget(self, conn: ServerConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def expire_idle(self, now: float) -> None:
+        """Close idle connections older than the pool's idle timeout (oldest first)."""
+        limit = now - self.idle_timeout
+        idle = self.idle
+        while idle and idle[0].idle_since < limit:
+            idle[0].close()
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle[0].close()
+
+    async def connect(self, timeout: float) -> ServerConnection:
+        """A new connection (TCP, and TLS when the pool re-encrypts); raises OSError/timeout."""
+        factory: Callable[[], ServerConnection] = lambda: ServerConnection(self)  # noqa: E731
+        cfg = self.server.config
+        if self.ssl_context is None:
+            coro = self._loop.create_connection(factory, cfg.host, cfg.port)
+        else:
+            coro = self._loop.create_connection(
+                factory,
+                cfg.host,
+                cfg.port,
+                ssl=self.ssl_context,
+                server_hostname=self.server_hostname,
+                ssl_handshake_timeout=timeout,
+            )
+        _, conn = await asyncio.wait_for(coro, timeout)
+        return conn

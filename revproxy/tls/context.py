@@ -1,0 +1,239 @@
+"""SSL contexts: the listener side (terminating TLS, certificate chosen by SNI) and the pool
+side (re-encrypting towards real servers).
+
+A listener gets one SSLContext per certificate. The first certificate's context is the one
+the listening socket uses; its SNI callback looks the client's server name up in a
+NameIndex and switches the connection to the matching certificate's context before the
+server's first flight is written. The chosen name is recorded on the SSL object, so the
+data plane can read it with `sni_of` without parsing the ClientHello again.
+
+Old protocol versions (TLS 1.0/1.1) stay off unless the configuration asks for them; when it
+does, every context built says so in the log, naming the listener or pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from revproxy.config.model import ListenerConfig, PoolConfig, ServerConfig
+from revproxy.tls.certificates import (
+    LoadedCertificate,
+    TLSConfigError,
+    load_certificate,
+    load_pem_certificates,
+)
+from revproxy.tls.names import NameIndex, normalize_host
+
+__all__ = [
+    "TLSConfigError",
+    "build_listener_context",
+    "build_pool_context",
+    "server_hostname",
+    "sni_of",
+]
+
+log = logging.getLogger("revproxy.tls")
+
+ALPN_PROTOCOLS = ["http/1.1"]
+
+_VERSIONS = {
+    "1.0": ssl.TLSVersion.TLSv1,
+    "1.1": ssl.TLSVersion.TLSv1_1,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+_OLD_VERSIONS = ("1.0", "1.1")
+
+# TLS 1.2: forward secrecy (ECDHE) with an AEAD cipher only. TLS 1.3 suites are OpenSSL's.
+MODERN_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+    ]
+)
+# TLS 1.0/1.1 have no AEAD suites: CBC with SHA-1 is what old clients and servers speak.
+# OpenSSL 3 refuses the SHA-1 handshake signatures of those versions above security level 0.
+LEGACY_CIPHERS = ":".join(
+    [
+        MODERN_CIPHERS,
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA",
+        "ECDHE-RSA-AES256-SHA",
+        "AES128-SHA",
+        "AES256-SHA",
+        "@SECLEVEL=0",
+    ]
+)
+
+# Attribute set on each server-side SSL object by the SNI callback.
+_SNI_ATTRIBUTE = "_revproxy_sni"
+
+
+def sni_of(ssl_object: object) -> str | None:
+    """The normalized server name the client sent in its ClientHello, or None without SNI.
+
+    `ssl_object` is what `transport.get_extra_info("ssl_object")` returns for a connection
+    accepted with a context from `build_listener_context`.
+    """
+    value = getattr(ssl_object, _SNI_ATTRIBUTE, None)
+    return value if isinstance(value, str) else None
+
+
+def server_hostname(pool: PoolConfig, server: ServerConfig) -> str:
+    """The name to pass as `server_hostname` when connecting to `server`.
+
+    It is sent as SNI (ADFS picks its certificate by it) and checked against the server's
+    certificate. For an IP address OpenSSL sends no SNI (RFC 6066 section 3 forbids
+    addresses there) and verifies the certificate's IP address SAN instead.
+    """
+    return pool.server_name or server.host
+
+
+def _tls_version(value: str, owner: str) -> ssl.TLSVersion:
+    try:
+        return _VERSIONS[value]
+    except KeyError:
+        allowed = ", ".join(_VERSIONS)
+        raise ValueError(f"{owner}: min_tls_version {value!r} is not one of {allowed}") from None
+
+
+def _apply_protocol_settings(
+    ctx: ssl.SSLContext, min_version: str, ciphers: str, owner: str
+) -> None:
+    version = _tls_version(min_version, owner)
+    old = min_version in _OLD_VERSIONS
+    with warnings.catch_warnings():
+        # Python deprecates the old versions; enabling them here is an explicit choice.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = version
+    if ciphers:
+        if old and "@SECLEVEL" not in ciphers:
+            ciphers += ":@SECLEVEL=0"
+        chosen = ciphers
+    else:
+        chosen = LEGACY_CIPHERS if old else MODERN_CIPHERS
+    try:
+        ctx.set_ciphers(chosen)
+    except ssl.SSLError:
+        raise ValueError(f"{owner}: no usable cipher in {chosen!r}") from None
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.options &= ~ssl.OP_NO_TICKET
+    ctx.set_alpn_protocols(ALPN_PROTOCOLS)
+
+
+def _warn_old_tls(min_version: str, owner: str) -> None:
+    if min_version in _OLD_VERSIONS:
+        log.warning(
+            "%s accepts TLS %s: protocol versions older than 1.2 are insecure and enabled "
+            "only because min_tls_version says so",
+            owner,
+            min_version,
+        )
+
+
+def _certificate_context(listener: ListenerConfig, cert: LoadedCertificate) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_protocol_settings(
+        ctx, listener.min_tls_version, listener.ciphers, f"listener {listener.name}"
+    )
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # load_cert_chain reads files only: leaf and intermediates go into one private
+    # temporary PEM so the whole chain is sent; the key is read from where it lies.
+    with tempfile.TemporaryDirectory(prefix="revproxy-tls-") as tmp:
+        bundle = Path(tmp) / "chain.pem"
+        bundle.write_bytes(cert.chain_pem())
+        try:
+            ctx.load_cert_chain(bundle, cert.config.key)
+        except ssl.SSLError as exc:
+            problem = exc.reason or str(exc)
+            raise TLSConfigError(cert.config.cert, f"OpenSSL refused it: {problem}") from None
+    return ctx
+
+
+SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
+
+
+def _sni_selector(
+    index: NameIndex[ssl.SSLContext], default: ssl.SSLContext, reject_unknown: bool
+) -> SniCallback:
+    def select(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        name: str | None = None
+        if server_name is not None:
+            try:
+                name = normalize_host(server_name)
+            except ValueError:
+                name = None
+        setattr(ssl_object, _SNI_ATTRIBUTE, name)
+        chosen = index.lookup(name) if name is not None else None
+        if chosen is None:
+            # RFC 6066 section 3: unrecognized_name is the alert for a name we do not serve.
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME if reject_unknown else None
+        if chosen is not default:
+            ssl_object.context = chosen
+        return None
+
+    return select
+
+
+def build_listener_context(listener: ListenerConfig) -> ssl.SSLContext:
+    """The server-side context of a TLS listener, choosing its certificate by SNI.
+
+    Order: a certificate naming the SNI exactly, then one with a matching wildcard, then
+    the first certificate of the listener; with `unknown_sni = "reject"` a client whose SNI
+    no certificate names (or who sends none) gets an unrecognized_name alert instead.
+    Raises TLSConfigError for an unusable file and ValueError for bad settings.
+    """
+    owner = f"listener {listener.name}"
+    if not listener.certificates:
+        raise ValueError(f"{owner}: TLS needs at least one certificate")
+    if listener.unknown_sni not in ("default", "reject"):
+        raise ValueError(f"{owner}: unknown_sni must be 'default' or 'reject'")
+    loaded = [load_certificate(c) for c in listener.certificates]
+    for cert in loaded:
+        for problem in cert.warnings:
+            log.warning("%s: certificate %s: %s", owner, cert.config.cert, problem)
+    _warn_old_tls(listener.min_tls_version, owner)
+    contexts = [_certificate_context(listener, cert) for cert in loaded]
+    default = contexts[0]
+    index = NameIndex((cert.names, ctx) for cert, ctx in zip(loaded, contexts, strict=True))
+    default.sni_callback = _sni_selector(index, default, listener.unknown_sni == "reject")
+    return default
+
+
+def build_pool_context(pool: PoolConfig) -> ssl.SSLContext:
+    """The client-side context for re-encrypted connections to a pool's servers.
+
+    Servers are verified against `pool.ca` (or the system store) unless `pool.verify` is
+    off. Connect with `server_hostname=server_hostname(pool, server)`.
+    """
+    owner = f"pool {pool.name}"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    _apply_protocol_settings(ctx, pool.min_tls_version, pool.ciphers, owner)
+    _warn_old_tls(pool.min_tls_version, owner)
+    if not pool.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        log.warning("%s: server certificates are not verified (verify = false)", owner)
+        return ctx
+    if pool.ca is None:
+        ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    else:
+        cas = load_pem_certificates(pool.ca, "CA")
+        bundle = "".join(c.public_bytes(Encoding.PEM).decode("ascii") for c in cas)
+        try:
+            ctx.load_verify_locations(cadata=bundle)
+        except ssl.SSLError as exc:
+            raise TLSConfigError(pool.ca, f"OpenSSL refused the CA file: {exc.reason}") from None
+    return ctx

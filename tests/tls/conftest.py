@@ -1,0 +1,28 @@
+"""Fixtures for the TLS tests: a trustme PKI and a uvloop TLS server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import trustme
+from tls_testkit import LoopThread
+
+
+@pytest.fixture(scope="session")
+def root_ca() -> trustme.CA:
+    return trustme.CA(organization_name="Test Root")
+
+
+@pytest.fixture(scope="session")
+def intermediate_ca(root_ca: trustme.CA) -> trustme.CA:
+    return root_ca.create_child_ca()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    runner = LoopThread()
+    try:
+        yield runner
+    finally:
+        runner.close()
