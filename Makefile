@@ -31,12 +31,12 @@ test: $(STAMP) sysdeps
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check revproxy tests
-	$(VENV)/bin/ruff format --check revproxy tests
+	$(VENV)/bin/ruff check revproxy tests bench
+	$(VENV)/bin/ruff format --check revproxy tests bench
 	$(VENV)/bin/mypy revproxy
 
 bench: $(STAMP) sysdeps
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) certs/dev .pytest_cache .mypy_cache .ruff_cache

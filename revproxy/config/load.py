@@ -348,6 +348,7 @@ def _read_global(t: _Table) -> GlobalConfig:
         workers=t.number("workers", d.workers, integer=True),
         log_level=t.string("log_level", d.log_level, LOG_LEVELS),
         shutdown_grace=t.seconds("shutdown_grace", d.shutdown_grace, zero=True),
+        reload_grace=t.seconds("reload_grace", d.reload_grace, zero=True),
         max_connections=t.number("max_connections", d.max_connections, integer=True, low=1),
     )
     t.finish()

@@ -120,6 +120,8 @@ class GlobalConfig:
     workers: int = 0  # 0 = one per CPU core
     log_level: str = "info"
     shutdown_grace: float = 30.0  # in-flight requests may finish within this on stop
+    # On reload, old workers keep serving what they have (long polls, WebSockets) this long.
+    reload_grace: float = 3600.0
     max_connections: int = 10000  # per worker; beyond this, new connections wait in the backlog
 
 

@@ -81,7 +81,8 @@ class ChunkedReader:
                 i = bytes(data[pos : pos + MAX_LINE + 2]).find(b"\n")
                 if i < 0:
                     self._line += data[pos:]
-                    if len(self._line) > MAX_LINE:
+                    # The line and its CR may be pending; the same limit as for a whole line.
+                    if len(self._line) > MAX_LINE + 1:
                         raise ChunkError("chunk line too long")
                     return n
                 self._line += data[pos : pos + i + 1]

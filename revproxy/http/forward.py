@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from revproxy.http.errors import reason
-from revproxy.http.head import CHUNKED, Request, Response
+from revproxy.http.head import CHUNKED, UNTIL_CLOSE, Request, Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -66,7 +66,7 @@ def request_head(
             continue
         if lname[:12] == b"x-forwarded-":
             if lname == b"x-forwarded-for" and fwd.x_forwarded_for:
-                if extend_xff:
+                if extend_xff and value:
                     prior_xff.append(value)
                 continue
             if lname == b"x-forwarded-proto" and fwd.x_forwarded_proto:
@@ -79,6 +79,9 @@ def request_head(
         append(b"\r\n")
     if req.absolute_authority is not None:
         append(b"Host: %s\r\n" % req.absolute_authority)
+    elif not req.http11 and not req.host and req.header(b"host") is None:
+        # RFC 9112 §3.2: an HTTP/1.1 request always has Host, empty when there is no authority.
+        append(b"Host: \r\n")
     if req.body == CHUNKED:
         append(b"Transfer-Encoding: chunked\r\n")
     if req.upgrade is not None:
@@ -127,15 +130,21 @@ def response_head(
     chunked). `upgrade`: the Upgrade value of a 101 that turns into a tunnel.
     """
     drop = _drop_set(resp.connection_tokens)
+    # The body goes out with the server's transfer codings (e.g. "gzip, chunked"), so they
+    # are passed on as sent; a body read until close goes to an HTTP/1.0 client without them
+    # (RFC 9112 §6.1), and a dechunked one has none left.
+    body = resp.body
+    keep_te = not dechunk and (body == CHUNKED or (body == UNTIL_CLOSE and not http10_client))
     out = [_status_line(resp.status, resp.reason)]
     append = out.append
     for lname, _, line in resp.headers:
         if lname in drop:
+            if keep_te and lname == b"transfer-encoding":
+                append(line)
+                append(b"\r\n")
             continue
         append(line)
         append(b"\r\n")
-    if resp.body == CHUNKED and not dechunk:
-        append(b"Transfer-Encoding: chunked\r\n")
     if upgrade is not None:
         append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
     elif close:

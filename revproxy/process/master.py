@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from revproxy.config.load import ConfigError, load_config
 from revproxy.config.model import Config, ListenerConfig
 from revproxy.process.worker import run_worker
+from revproxy.tls.certificates import TLSConfigError
 from revproxy.tls.context import build_listener_context, build_pool_context
 
 log = logging.getLogger("revproxy.main")
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT}
 _RESTART_BACKOFF = 1.0  # a worker that dies sooner than this after start waits this long
 
 
@@ -88,12 +89,16 @@ class Master:
 
     def _open_sockets(self, config: Config, count: int) -> dict[str, _Slots]:
         """Sockets for `config`, reusing those already bound to the same address."""
-        reused = {s.key: s for s in self.slots.values()}
+        # A listener keeps its sockets when its address is unchanged; one on "any free
+        # port" (port 0) keeps them when its name and host are unchanged.
+        reused: dict[object, _Slots] = {}
+        for name, old in self.slots.items():
+            reused[old.key if old.key[1] else (name, old.key[0])] = old
         result: dict[str, _Slots] = {}
         try:
             for listener in config.listeners:
                 key = (listener.host, listener.port)
-                slots = reused.pop(key, None) if listener.port else None
+                slots = reused.pop(key if listener.port else (listener.name, listener.host), None)
                 if slots is None:
                     slots = _Slots(key)
                     slots.sockets.append(_bind(listener, listener.port))
@@ -192,7 +197,7 @@ class Master:
             prepare(config)
             count = worker_count(config)
             slots = self._open_sockets(config, count)
-        except (ConfigError, OSError, ValueError) as exc:
+        except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
             return False
         old_slots = self.slots
@@ -203,7 +208,8 @@ class Master:
         for slot in range(count):
             self._spawn(slot)
         self.retiring |= old_workers
-        self._signal_workers(old_workers, signal.SIGTERM)
+        # SIGQUIT: stop accepting and finish what is open, within reload_grace.
+        self._signal_workers(old_workers, signal.SIGQUIT)
         for name, s in old_slots.items():
             if id(s) not in kept:
                 log.info("listener %s closed", name)
@@ -228,7 +234,7 @@ class Master:
                 self._reap()
             elif sig == signal.SIGHUP:
                 self.reload()
-            elif sig in (signal.SIGTERM, signal.SIGINT):
+            elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 return self.stop()
 
     def stop(self) -> int:
@@ -268,7 +274,7 @@ def serve(config_path: str) -> int:
     master = Master(config_path)
     try:
         master.start()
-    except ConfigError as exc:
+    except (ConfigError, TLSConfigError) as exc:
         print(exc, file=sys.stderr)
         return 2
     except OSError as exc:

@@ -52,8 +52,21 @@ async def _serve(config: Config, sockets: dict[str, socket.socket], parent: int)
         servers.append(server)
 
     stop = asyncio.Event()
+    grace = {"seconds": config.global_.shutdown_grace}
+
+    def shutdown() -> None:
+        grace["seconds"] = config.global_.shutdown_grace
+        stop.set()
+
+    def retire() -> None:
+        # Replaced by a reload: what this worker already serves may run on much longer.
+        if not stop.is_set():
+            grace["seconds"] = config.global_.reload_grace
+            stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, shutdown)
+    loop.add_signal_handler(signal.SIGQUIT, retire)
     log.debug("worker %d serving", os.getpid())
 
     while not stop.is_set():
@@ -66,15 +79,16 @@ async def _serve(config: Config, sockets: dict[str, socket.socket], parent: int)
             log.warning("main process is gone; worker %d stops", os.getpid())
             break
 
-    # Graceful stop.
+    # Graceful stop: no new connections; busy ones finish (their last response says
+    # Connection: close); idle ones close. A SIGTERM while retiring shortens the wait.
+    started = loop.time()
     for server in servers:
         server.close()
     for conn in list(registry):
         conn.drain()
-    grace = config.global_.shutdown_grace
-    deadline = loop.time() + grace
-    while registry and loop.time() < deadline:
+    while registry and loop.time() < started + grace["seconds"]:
         await asyncio.sleep(0.05)
+        runtime.expire_idle(loop.time())
     if registry:
         log.warning("grace period over: closing %d connections", len(registry))
         for conn in list(registry):

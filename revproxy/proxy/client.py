@@ -46,6 +46,7 @@ _P_UPSTREAM = 1  # the server connection's write buffer is full
 _P_PIPELINE = 2  # pipelined bytes are waiting for the current exchange
 _P_PENDING = 4  # request bytes are waiting for a server connection to open
 
+DRAIN_LINGER = 1.0  # seconds an idle keep-alive connection stays open once draining
 REPLAY_LIMIT = 64 * 1024  # request bytes kept to resend on a fresh connection
 PENDING_LIMIT = 256 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024
@@ -68,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_write_paused = False
         self._draining = False
         self._close_after = False
+        self._eof = False  # the client has half-closed
         # Timer state.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -136,9 +138,14 @@ class ClientConnection(asyncio.Protocol):
                     self._set_pause(_P_PIPELINE, True)
 
     def eof_received(self) -> bool | None:
-        if self._phase == _EXCHANGE and self._req_done and self._listener.ssl_context is None:
-            # Half-closed after a complete request: answer it, then close.
-            self._close_after = True
+        # Half-closed by the client: what it sent completely is still answered, then the
+        # connection closes. (A TLS transport closes on EOF whatever is returned.)
+        if self._listener.ssl_context is not None:
+            return False
+        self._eof = True
+        if self._phase == _EXCHANGE and self._req_done:
+            return True
+        if self._phase == _HEAD and b"\r\n\r\n" in self._buf:
             return True
         return False
 
@@ -186,6 +193,8 @@ class ClientConnection(asyncio.Protocol):
                     self._fail(414)
                 elif len(buf) > lst.max_header_bytes:
                     self._fail(431)
+                elif self._eof:
+                    self._close()
                 return
             head = bytes(buf[:end])
             del buf[: end + 4]
@@ -209,7 +218,9 @@ class ClientConnection(asyncio.Protocol):
             self._start(req, svc)
 
     def _route(self, req: Request) -> Service:
-        svc, host_known = self._listener.router.route(req.host, req.path)
+        # OPTIONS * asks about the server as a whole: it goes where "/" would go.
+        path = req.path if req.path != b"*" else b"/"
+        svc, host_known = self._listener.router.route(req.host, path)
         if svc is None:
             raise HttpError(404 if host_known else 421, "no service for this request")
         return svc
@@ -428,51 +439,52 @@ class ClientConnection(asyncio.Protocol):
         if self._phase == _TUNNEL:
             self._transport.write(data)  # type: ignore[union-attr]
             return
-        if self._resp is None:
+        if self._resp is not None:
+            self._response_body(data, b"")
+            return
+        if self._resp_buf:
             self._resp_buf += data
-            if not self._response_heads():
-                return
             data = bytes(self._resp_buf)
             self._resp_buf.clear()
-            if not data:
-                if self._resp is not None and self._resp_done_pending():
-                    self._finish_response()
-                return
-        self._response_body(data)
+        self._response_heads(data)
 
-    def _response_heads(self) -> bool:
-        """Parse heads in the buffer: interim ones are passed on; True once a final one is out."""
-        buf = self._resp_buf
+    def _response_heads(self, data: bytes) -> None:
+        """Parse heads: interim ones are passed on, the final one goes out with the body's start."""
         req = self._req
         assert req is not None
+        start = 0
         while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > MAX_RESPONSE_HEAD:
+            end = data.find(b"\r\n\r\n", start)
+            if end < 0 or end - start > MAX_RESPONSE_HEAD:
+                if len(data) - start > MAX_RESPONSE_HEAD:
                     self._bad_response("response head too large")
-                return False
-            head = bytes(buf[:end])
-            del buf[: end + 4]
+                else:
+                    self._resp_buf += data[start:]
+                return
             try:
-                resp = parse_response(head, req.method)
+                resp = parse_response(data[start:end], req.method)
             except ProtocolError as exc:
                 self._bad_response(str(exc))
-                return False
+                return
+            start = end + 4
             status = resp.status
             if status == 101:
                 if req.upgrade is None:
                     self._bad_response("101 to a request that asked for no upgrade")
-                    return False
-                self._start_tunnel(resp)
-                return False
+                    return
+                self._start_tunnel(resp, data[start:])
+                return
             if status < 200:
                 if req.http11:
                     self._transport.write(interim_head(resp))  # type: ignore[union-attr]
                 continue
-            self._response_head(resp)
-            return True
+            # One write for head and the first body bytes: a small response costs one send.
+            self._response_body(
+                data[start:] if start < len(data) else b"", self._response_head(resp)
+            )
+            return
 
-    def _response_head(self, resp: Response) -> None:
+    def _response_head(self, resp: Response) -> bytes:
         req, svc = self._req, self._svc
         assert req is not None and svc is not None
         self._resp = resp
@@ -483,29 +495,40 @@ class ClientConnection(asyncio.Protocol):
         self._dechunk = dechunk
         if resp.body == UNTIL_CLOSE or dechunk or not self._req_done or self._draining:
             self._close_after = True
+        elif self._eof and b"\r\n\r\n" not in self._buf:
+            # The client half-closed and this is its last complete request.
+            self._close_after = True
         self._resp_left = resp.content_length
         self._resp_chunks = ChunkedReader() if resp.body == CHUNKED else None
-        self._transport.write(  # type: ignore[union-attr]
-            response_head(
-                resp,
-                close=self._close_after,
-                http10_client=not req.http11,
-                dechunk=dechunk,
-                via=svc.forwarding.via,
-            )
+        self._arm(svc.t_server_body)
+        return response_head(
+            resp,
+            close=self._close_after,
+            http10_client=not req.http11,
+            dechunk=dechunk,
+            via=svc.forwarding.via,
         )
-        self._active = self._loop.time()
-        self._arm(self._phase_timeout())
 
-    def _response_body(self, data: bytes) -> None:
+    def _write(self, head: bytes, piece: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if not head:
+            if piece:
+                transport.write(piece)
+        elif len(piece) < 65536:
+            transport.write(head + piece)
+        else:
+            transport.writelines((head, piece))
+
+    def _response_body(self, data: bytes, head: bytes) -> None:
+        """Pass on the part of `data` that belongs to the response body (after `head`)."""
         resp = self._resp
         assert resp is not None
         body = resp.body
         if body == LENGTH:
             used = min(self._resp_left, len(data))
             self._resp_left -= used
-            if used:
-                self._transport.write(data if used == len(data) else data[:used])  # type: ignore[union-attr]
+            self._write(head, data if used == len(data) else data[:used])
             extra = used < len(data)
         elif body == CHUNKED:
             chunks = self._resp_chunks
@@ -514,18 +537,20 @@ class ClientConnection(asyncio.Protocol):
             try:
                 used = chunks.feed(data, out)
             except ChunkError as exc:
+                if head:
+                    self._transport.write(head)  # type: ignore[union-attr]
                 self._bad_response(f"bad chunked body: {exc}")
                 return
             if out is not None:
-                if out:
-                    self._transport.writelines(out)  # type: ignore[union-attr]
-            elif used:
-                self._transport.write(data if used == len(data) else data[:used])  # type: ignore[union-attr]
+                self._write(head, b"".join(out))
+            else:
+                self._write(head, data if used == len(data) else data[:used])
             extra = used < len(data)
         elif body == UNTIL_CLOSE:
-            self._transport.write(data)  # type: ignore[union-attr]
+            self._write(head, data)
             return
         else:
+            self._write(head, b"")
             extra = bool(data)
         if extra:
             # Bytes past the end of the response: the connection is out of step.
@@ -567,12 +592,12 @@ class ClientConnection(asyncio.Protocol):
         if self._close_after or not self._req_done:
             self._close()
             return
+        if self._eof and b"\r\n\r\n" not in self._buf:
+            self._close()
+            return
         self._phase = _HEAD
         self._set_pause(_P_PIPELINE, False)
         self._active = self._loop.time()
-        if self._draining and not self._buf:
-            self._close()
-            return
         # The header deadline is the shorter one and starts with the next request's first
         # byte; arming it now spares a timer reschedule on every request.
         self._arm(min(self._phase_timeout(), self._listener.t_header))
@@ -637,7 +662,7 @@ class ClientConnection(asyncio.Protocol):
 
     # ----------------------------------------------------------------- tunnels
 
-    def _start_tunnel(self, resp: Response) -> None:
+    def _start_tunnel(self, resp: Response, rest: bytes) -> None:
         req = self._req
         assert req is not None
         self._phase = _TUNNEL
@@ -646,8 +671,6 @@ class ClientConnection(asyncio.Protocol):
         self._transport.write(  # type: ignore[union-attr]
             response_head(resp, close=False, http10_client=False, upgrade=upgrade)
         )
-        rest = bytes(self._resp_buf)
-        self._resp_buf.clear()
         if rest:
             self._transport.write(rest)  # type: ignore[union-attr]
         if self._buf:
@@ -665,6 +688,8 @@ class ClientConnection(asyncio.Protocol):
         if phase == _HEAD:
             if self._buf or not self._served:
                 return self._listener.t_header
+            if self._draining:
+                return DRAIN_LINGER
             svc = self._last_svc
             return svc.t_keepalive if svc is not None else self._listener.t_header
         svc = self._svc
@@ -781,10 +806,17 @@ class ClientConnection(asyncio.Protocol):
                 self._transport.abort()
 
     def drain(self) -> None:
-        """Finish the exchange in progress (its response says Connection: close), then close."""
+        """Answer what the client has sent or is sending with Connection: close, then close.
+
+        An exchange in progress finishes; if its response head already went out without
+        Connection: close, the client may be sending its next request right now, so that
+        one is still answered (with close) if it arrives within DRAIN_LINGER. A connection
+        that has not sent its first request yet gets the usual header deadline.
+        """
         self._draining = True
         if self._phase == _HEAD and not self._buf:
-            self._close()
+            self._active = self._loop.time()
+            self._arm(self._phase_timeout())
         elif self._phase == _EXCHANGE and self._resp is None:
             self._close_after = True
 

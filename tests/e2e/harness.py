@@ -261,7 +261,9 @@ def connect(port: int, timeout: float = 10.0) -> socket.socket:
     return sock
 
 
-def read_response(sock: socket.socket, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+def read_response(
+    sock: socket.socket, head_only: bool = False
+) -> tuple[int, dict[str, str], bytes]:
     """Read one response with Content-Length, chunked or close-delimited framing."""
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -346,3 +348,345 @@ pool = "p"
 servers = [{server_list}]
 {pool_extra}
 """
+
+
+# ---------------------------------------------------------------------- processes and ports
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of process `pid` (the proxy's workers, for the main process)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except FileNotFoundError:
+            continue
+        out.extend(int(p) for p in text.split())
+    return sorted(out)
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of `pid`, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread until stopped; `peak` is the largest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(rss_bytes(self.pid))
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago, for configurations that need a fixed one."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+_BACKEND_READY = re.compile(r"(\S+) listening on (https?)://[^\s]*:(\d+)")
+
+
+class BackendProcess:
+    """Demo real servers (`python -m revproxy.demo.backends`) in their own process.
+
+    A process of its own keeps the test's client and the server from sharing one
+    interpreter, which matters for transfers of hundreds of megabytes.
+    `listen` entries are NAME=HOST:PORT[:tls]; `port(name)` is the bound port.
+    """
+
+    def __init__(self, *listen: str, cert: Path | None = None, key: Path | None = None) -> None:
+        args = [sys.executable, "-m", "revproxy.demo.backends"]
+        for spec in listen:
+            args += ["--listen", spec]
+        if cert is not None and key is not None:
+            args += ["--cert", str(cert), "--key", str(key)]
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
+        )
+        self.ports: dict[str, int] = {}
+        assert self.proc.stdout is not None
+        try:
+            while len(self.ports) < len(listen):
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise AssertionError(f"demo backends exited with {self.proc.wait()}")
+                m = _BACKEND_READY.search(line)
+                if m:
+                    self.ports[m.group(1)] = int(m.group(3))
+        except BaseException:
+            self.stop()
+            raise
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class LoopThread:
+    """An asyncio event loop in a thread, for servers written with asyncio (aiohttp)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+        return self._asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+# ---------------------------------------------------------------------- wire-level helpers
+#
+# Used by the framing, backend-error, keep-alive and limits tests: a server that keeps
+# every byte it received per connection, responders chosen by path, and a client-side
+# reader that keeps the bytes following each response.
+
+
+class _RecordingSocket:
+    """A server-side socket whose received bytes are also appended to `sink`."""
+
+    def __init__(self, sock: socket.socket, sink: bytearray) -> None:
+        self._sock = sock
+        self._sink = sink
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self._sink += data
+        return data
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+@dataclass
+class TrackingServer(ScriptedServer):
+    """A ScriptedServer that also keeps each connection's raw input and knows which ended.
+
+    `wire[conn_id]` is every byte received on that connection, complete requests or not;
+    `ended` holds the ids of connections that are closed on the server's side.
+    """
+
+    wire: dict[int, bytearray] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)
+
+    def _serve(self, sock: socket.socket, conn_id: int) -> None:
+        sink = bytearray()
+        with self._lock:
+            self.wire[conn_id] = sink
+        try:
+            super()._serve(_RecordingSocket(sock, sink), conn_id)  # type: ignore[arg-type]
+        finally:
+            with self._lock:
+                self.ended.add(conn_id)
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return self.connections - len(self.ended)
+
+    def bytes_since(self, conn_id: int) -> bytes:
+        """Everything received on connections with an id above `conn_id`."""
+        with self._lock:
+            return b"".join(bytes(v) for k, v in sorted(self.wire.items()) if k > conn_id)
+
+
+def by_path(routes: dict[str, Responder], default: Responder = ok_responder) -> Responder:
+    """A responder that hands each request to the one whose path prefix matches, longest first."""
+    ordered = sorted(routes.items(), key=lambda item: -len(item[0]))
+
+    def respond(req: Received, sock: socket.socket) -> bytes | None:
+        target = req.request_line.split(b" ")[1].decode("latin-1")
+        for prefix, responder in ordered:
+            if target.startswith(prefix):
+                return responder(req, sock)
+        return default(req, sock)
+
+    return respond
+
+
+def http_response(status: int, body: bytes = b"", headers: tuple[str, ...] = ()) -> bytes:
+    """A complete HTTP/1.1 response delimited by Content-Length."""
+    lines = [f"HTTP/1.1 {status} X"] + list(headers) + [f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on (connecting to it is refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, str]:
+    """Read until the peer ends the connection: (bytes read, "eof" | "reset" | "open").
+
+    "open" means the peer kept the connection open for `timeout` seconds.
+    """
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, "eof"
+            data += chunk
+    except (ConnectionResetError, BrokenPipeError):
+        return data, "reset"
+    except TimeoutError:
+        return data, "open"
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]  # (lower-case name, value) in order
+    body: bytes  # decoded for chunked responses
+    raw: bytes  # exactly the bytes of this response on the wire
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name]
+
+
+class ResponseReader:
+    """Reads successive responses from one connection, keeping the bytes after each one."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+        self.sock = sock
+        self.buf = b""
+        sock.settimeout(timeout)
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError(f"connection closed; unread bytes: {self.buf[:200]!r}")
+        self.buf += data
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._more()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._more()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def next(self, method: str = "GET") -> RawResponse:
+        """The next response (interim ones included) to a request with `method`."""
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        raw = head + b"\r\n\r\n"
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = []
+        for line in lines[1:]:
+            key, _, value = line.partition(b":")
+            headers.append((key.strip().lower().decode(), value.strip().decode("latin-1")))
+        resp = RawResponse(status, headers, b"", raw)
+        if method == "HEAD" or status < 200 or status in (204, 304):
+            return resp
+        te = resp.header("transfer-encoding")
+        cl = resp.header("content-length")
+        if te is not None and te.lower() == "chunked":
+            while True:
+                line = self._line()
+                resp.raw += line + b"\r\n"
+                size = int(line.split(b";")[0], 16)
+                if size == 0:
+                    while True:
+                        trailer = self._line()
+                        resp.raw += trailer + b"\r\n"
+                        if not trailer:
+                            return resp
+                data = self._take(size + 2)
+                resp.body += data[:size]
+                resp.raw += data
+        if cl is not None:
+            resp.body = self._take(int(cl))
+            resp.raw += resp.body
+            return resp
+        rest, how = read_until_closed(self.sock)
+        if how == "open":
+            raise AssertionError("close-delimited response did not end")
+        resp.body = self.buf + rest
+        resp.raw += resp.body
+        self.buf = b""
+        return resp
