@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import json
 import os
 import re
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from revproxy.config.addresses import is_host_name, normal_host, parse_address
 from revproxy.config.model import (
     CertificateConfig,
     Config,
@@ -32,17 +31,12 @@ from revproxy.config.model import (
     ServiceConfig,
     Timeouts,
 )
+from revproxy.config.reader import Context, Table, show
 
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 UNKNOWN_SNI_ACTIONS = ("default", "reject")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# Long polls (UCWA event channel, ActiveSync heartbeat) need up to an hour; a day
-# is the ceiling so that a typo in units (ms for s) is caught.
-MAX_TIMEOUT = 86400.0
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-# RFC 1123 section 2.1: letters, digits and hyphens, not at either end of a label.
-_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
@@ -85,57 +79,11 @@ def parse_config(data: dict[str, Any], source: Path, *, check_files: bool = True
 def parse_config_with_warnings(
     data: dict[str, Any], source: Path, *, check_files: bool = True
 ) -> tuple[Config, list[str]]:
-    ctx = _Context(Path(source), check_files)
+    ctx = Context(Path(source), check_files)
     config = _read_config(ctx, data)
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return config, ctx.warnings
-
-
-def parse_address(text: str, *, bind: bool = False) -> tuple[str, int]:
-    """Split "host:port", "[v6]:port" (or, with bind=True, ":port") into (host, port).
-
-    Real servers (bind=False) take a DNS name or IP address and a port 1..65535.
-    Listeners (bind=True) take an IP address, an empty host meaning 0.0.0.0, and
-    also port 0, which asks the system for any free port. Raises ValueError.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("must be an address like host:port")
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or text[end + 1 : end + 2] != ":":
-            raise ValueError(f"{text!r} must look like [ipv6]:port")
-        host, port_text = text[1:end], text[end + 2 :]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise ValueError(f"{host!r} inside brackets is not an IPv6 address") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"{text!r} has no port; write host:port")
-        if ":" in host:
-            raise ValueError(f"write IPv6 addresses in brackets, e.g. [{host}]:{port_text}")
-        if not host:
-            if not bind:
-                raise ValueError(f"{text!r} has no host")
-            host = "0.0.0.0"
-        elif bind:
-            try:
-                host = str(ipaddress.ip_address(host))
-            except ValueError:
-                raise ValueError(f"bind host {host!r} must be an IP address") from None
-        elif not _is_host_name(host.lower()):
-            raise ValueError(f"{host!r} is not a valid host name or IP address")
-        host = host.lower()
-    if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"port {port_text!r} is not a number")
-    port = int(port_text)
-    lowest = 0 if bind else 1
-    if not lowest <= port <= 65535:
-        raise ValueError(f"port {port} is outside {lowest}..65535")
-    return host, port
 
 
 # --- problem reporting --------------------------------------------------------------------
@@ -150,177 +98,11 @@ def _toml_problem(source: Path, exc: tomllib.TOMLDecodeError) -> str:
     return f"{source}: TOML syntax error: {message}"
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list) and len(value) > 5:
-        return "an array"
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-class _Context:
-    def __init__(self, source: Path, check_files: bool) -> None:
-        self.source = source
-        self.base = Path(os.path.abspath(source)).parent
-        self.check_files = check_files
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
-
-    def error(self, key: str, message: str) -> None:
-        self.problems.append(f"{self.source}: {key}: {message}")
-
-    def warn(self, key: str, message: str) -> None:
-        self.warnings.append(f"{self.source}: {key}: {message}")
-
-    def file(self, key: str, value: str) -> Path:
-        """An absolute path for a file named relative to the configuration file."""
-        path = Path(os.path.abspath(self.base / Path(value).expanduser()))
-        if self.check_files:
-            if not path.exists():
-                self.error(key, f"file not found: {path}")
-            elif not path.is_file():
-                self.error(key, f"not a regular file: {path}")
-            elif not os.access(path, os.R_OK):
-                self.error(key, f"file is not readable: {path}")
-        return path
-
-
-class _Table:
-    """One TOML table being read; keys never read are reported as unknown at finish()."""
-
-    def __init__(self, ctx: _Context, key: str, data: dict[str, Any]) -> None:
-        self.ctx = ctx
-        self.key = key
-        self.data = data
-        self.seen: list[str] = []
-
-    def sub(self, name: str) -> str:
-        return f"{self.key}.{name}" if self.key else name
-
-    def raw(self, name: str) -> Any:
-        self.seen.append(name)
-        return self.data.get(name)
-
-    def error(self, name: str, message: str) -> None:
-        self.ctx.error(self.sub(name), message)
-
-    def number(
-        self,
-        name: str,
-        default: float,
-        *,
-        integer: bool = False,
-        low: float = 0,
-        low_inclusive: bool = True,
-        high: float | None = None,
-    ) -> Any:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if integer:
-            wanted = "a positive integer" if low >= 1 else f"an integer >= {low:g}"
-        else:
-            wanted = "a positive number" if not low_inclusive else f"a number >= {low:g}"
-        wrong_type = isinstance(value, bool) or not isinstance(
-            value, int if integer else int | float
-        )
-        # Written so that NaN fails too.
-        if wrong_type or not (value > low or (low_inclusive and value == low)):
-            self.error(name, f"must be {wanted}, got {_show(value)}")
-            return default
-        if high is not None and value > high:
-            self.error(name, f"must be at most {high:g}, got {_show(value)}")
-            return default
-        return value if integer else float(value)
-
-    def seconds(self, name: str, default: float, *, zero: bool = False) -> float:
-        value: float = self.number(name, default, low_inclusive=zero, high=MAX_TIMEOUT)
-        return value
-
-    def required(self, name: str, example: str) -> str | None:
-        value = self.raw(name)
-        if value is None:
-            self.error(name, f"is required, e.g. {example}")
-        elif not isinstance(value, str) or not value:
-            self.error(name, f"must be a non-empty string like {example}, got {_show(value)}")
-        else:
-            return value
-        return None
-
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.error(name, f"must be true or false, got {_show(value)}")
-            return default
-        return value
-
-    def string(self, name: str, default: str, choices: tuple[str, ...] = ()) -> str:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if choices and isinstance(value, float) and f"{value:.1f}" in choices:
-            return f"{value:.1f}"  # min_tls_version = 1.2 written without quotes
-        if not isinstance(value, str):
-            self.error(name, f"must be a string, got {_show(value)}")
-            return default
-        if choices and value not in choices:
-            options = ", ".join(f'"{c}"' for c in choices)
-            self.error(name, f"must be one of {options}, got {_show(value)}")
-            return default
-        return value
-
-    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.raw(name)
-        if value is None:
-            return default
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.error(name, f"must be an array of strings, got {_show(value)}")
-            return default
-        return tuple(value)
-
-    def table(self, name: str) -> _Table:
-        value = self.raw(name)
-        if value is not None and not isinstance(value, dict):
-            self.error(name, f"must be a table, got {_show(value)}")
-        return _Table(self.ctx, self.sub(name), value if isinstance(value, dict) else {})
-
-    def named_tables(self, name: str, what: str) -> Iterator[tuple[str, _Table]]:
-        """Tables keyed by name, e.g. [pools.web]; names are checked, order is kept."""
-        value = self.raw(name)
-        if value is None:
-            return
-        if not isinstance(value, dict):
-            self.error(name, f"must be tables keyed by {what} name, e.g. [{name}.example]")
-            return
-        for key, item in value.items():
-            sub = f"{self.sub(name)}.{key}"
-            if not _NAME_RE.fullmatch(key):
-                self.ctx.error(sub, "names use letters, digits, '-' and '_' (at most 64)")
-            elif not isinstance(item, dict):
-                self.ctx.error(sub, f"must be a table, got {_show(item)}")
-            else:
-                yield key, _Table(self.ctx, sub, item)
-
-    def finish(self) -> None:
-        known = sorted(set(self.seen))
-        for name in self.data:
-            if name in self.seen:
-                continue
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(known)}"
-            self.error(name, f"unknown key; {hint}")
-
-
 # --- sections ----------------------------------------------------------------------------
 
 
-def _read_config(ctx: _Context, data: dict[str, Any]) -> Config:
-    top = _Table(ctx, "", data)
+def _read_config(ctx: Context, data: dict[str, Any]) -> Config:
+    top = Table(ctx, "", data)
     global_ = _read_global(top.table("global"))
     listeners = [_read_listener(ctx, n, t) for n, t in top.named_tables("listeners", "listener")]
     services = [_read_service(ctx, n, t) for n, t in top.named_tables("services", "service")]
@@ -342,7 +124,7 @@ def _read_config(ctx: _Context, data: dict[str, Any]) -> Config:
     return config
 
 
-def _read_global(t: _Table) -> GlobalConfig:
+def _read_global(t: Table) -> GlobalConfig:
     d = GlobalConfig()
     g = GlobalConfig(
         workers=t.number("workers", d.workers, integer=True),
@@ -355,7 +137,7 @@ def _read_global(t: _Table) -> GlobalConfig:
     return g
 
 
-def _read_listener(ctx: _Context, name: str, t: _Table) -> ListenerConfig:
+def _read_listener(ctx: Context, name: str, t: Table) -> ListenerConfig:
     d = ListenerConfig(name=name, host="", port=0)
     host, port = "0.0.0.0", 0
     bind = t.required("bind", '"0.0.0.0:443"')
@@ -387,14 +169,14 @@ def _read_listener(ctx: _Context, name: str, t: _Table) -> ListenerConfig:
     return listener
 
 
-def _min_tls_version(t: _Table, default: str, tls: bool) -> str:
+def _min_tls_version(t: Table, default: str, tls: bool) -> str:
     version = t.string("min_tls_version", default, TLS_VERSIONS)
     if tls and version in ("1.0", "1.1"):
         t.ctx.warn(t.sub("min_tls_version"), f"TLS {version} is obsolete (RFC 8996)")
     return version
 
 
-def _read_certificates(ctx: _Context, t: _Table) -> tuple[CertificateConfig, ...]:
+def _read_certificates(ctx: Context, t: Table) -> tuple[CertificateConfig, ...]:
     value = t.raw("certificates")
     if value is None:
         return ()
@@ -405,7 +187,7 @@ def _read_certificates(ctx: _Context, t: _Table) -> tuple[CertificateConfig, ...
         t.error("certificates", "must not be empty")
     result = []
     for i, item in enumerate(value):
-        c = _Table(ctx, f"{t.sub('certificates')}[{i}]", item)
+        c = Table(ctx, f"{t.sub('certificates')}[{i}]", item)
         files: dict[str, Path] = {}
         for name in ("cert", "key"):
             text = c.required(name, f'"/etc/revproxy/certs/site.{name}"')
@@ -420,7 +202,7 @@ def _read_certificates(ctx: _Context, t: _Table) -> tuple[CertificateConfig, ...
     return tuple(result)
 
 
-def _read_service(ctx: _Context, name: str, t: _Table) -> ServiceConfig:
+def _read_service(ctx: Context, name: str, t: Table) -> ServiceConfig:
     d = ServiceConfig(name=name, pool="")
     pool = t.required("pool", 'pool = "web" naming a [pools.web] table') or ""
     hosts = _read_hosts(t)
@@ -429,7 +211,7 @@ def _read_service(ctx: _Context, name: str, t: _Table) -> ServiceConfig:
         t.error("paths", 'must not be empty; "/" matches every path')
     for p in paths:
         if not p.startswith("/") or any(c in p for c in "?# ") or not p.isprintable():
-            t.error("paths", f'each path must start with "/" (no query or spaces), got {_show(p)}')
+            t.error("paths", f'each path must start with "/" (no query or spaces), got {show(p)}')
     timeouts = _read_timeouts(t.table("timeouts"))
     limits = _read_limits(t.table("limits"))
     headers = _read_headers(t.table("headers"))
@@ -449,26 +231,26 @@ def _read_service(ctx: _Context, name: str, t: _Table) -> ServiceConfig:
     return service
 
 
-def _read_hosts(t: _Table) -> tuple[str, ...]:
+def _read_hosts(t: Table) -> tuple[str, ...]:
     hosts: list[str] = []
     given = t.strings("hosts", ServiceConfig(name="", pool="").hosts)
     if not given:
         t.error("hosts", 'must not be empty; "*" matches every host')
     for host in given:
-        normal = _normal_host(host)
+        normal = normal_host(host)
         if normal is None:
             t.error(
                 "hosts",
-                f'{_show(host)} is not a host name, IP address, "*" or "*.name.tld" wildcard',
+                f'{show(host)} is not a host name, IP address, "*" or "*.name.tld" wildcard',
             )
         elif normal in hosts:
-            t.ctx.warn(t.sub("hosts"), f"{_show(host)} is listed twice")
+            t.ctx.warn(t.sub("hosts"), f"{show(host)} is listed twice")
         else:
             hosts.append(normal)
     return tuple(hosts)
 
 
-def _read_timeouts(t: _Table) -> Timeouts:
+def _read_timeouts(t: Table) -> Timeouts:
     d = Timeouts()
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Timeouts):
@@ -480,7 +262,7 @@ def _read_timeouts(t: _Table) -> Timeouts:
     return Timeouts(**values)
 
 
-def _read_limits(t: _Table) -> Limits:
+def _read_limits(t: Table) -> Limits:
     d = Limits()
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Limits):
@@ -490,18 +272,18 @@ def _read_limits(t: _Table) -> Limits:
     return Limits(**values)
 
 
-def _read_headers(t: _Table) -> HeaderOptions:
+def _read_headers(t: Table) -> HeaderOptions:
     d = HeaderOptions()
     proxies = []
     for text in t.strings("trusted_proxies", d.trusted_proxies):
         try:
             proxies.append(str(ipaddress.ip_network(text.strip(), strict=False)))
         except ValueError:
-            t.error("trusted_proxies", f"{_show(text)} is not an IP address or network")
+            t.error("trusted_proxies", f"{show(text)} is not an IP address or network")
     via_name = t.string("via_name", d.via_name)
     # RFC 9110 section 7.6.3: the received-by part of Via is a token (or host[:port]).
     if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~:-]+", via_name):
-        t.error("via_name", f"must be a token without spaces, got {_show(via_name)}")
+        t.error("via_name", f"must be a token without spaces, got {show(via_name)}")
     headers = HeaderOptions(
         x_forwarded_for=t.boolean("x_forwarded_for", d.x_forwarded_for),
         x_forwarded_proto=t.boolean("x_forwarded_proto", d.x_forwarded_proto),
@@ -514,7 +296,7 @@ def _read_headers(t: _Table) -> HeaderOptions:
     return headers
 
 
-def _read_pool(ctx: _Context, name: str, t: _Table) -> PoolConfig:
+def _read_pool(ctx: Context, name: str, t: Table) -> PoolConfig:
     d = PoolConfig(name=name, servers=())
     servers = _read_servers(ctx, t)
     tls = t.boolean("tls", d.tls)
@@ -527,8 +309,8 @@ def _read_pool(ctx: _Context, name: str, t: _Table) -> PoolConfig:
     if tls and not verify:
         ctx.warn(t.sub("verify"), "server certificates are not verified")
     server_name = t.string("server_name", d.server_name).lower()
-    if server_name and not _is_host_name(server_name):
-        t.error("server_name", f"must be a DNS name, got {_show(server_name)}")
+    if server_name and not is_host_name(server_name):
+        t.error("server_name", f"must be a DNS name, got {show(server_name)}")
     min_tls = _min_tls_version(t, d.min_tls_version, tls)
     pool = PoolConfig(
         name=name,
@@ -546,7 +328,7 @@ def _read_pool(ctx: _Context, name: str, t: _Table) -> PoolConfig:
     return pool
 
 
-def _read_servers(ctx: _Context, t: _Table) -> tuple[ServerConfig, ...]:
+def _read_servers(ctx: Context, t: Table) -> tuple[ServerConfig, ...]:
     value = t.raw("servers")
     if not isinstance(value, list) or not value:
         t.error("servers", 'needs at least one server, e.g. servers = ["10.0.0.5:443"]')
@@ -556,7 +338,7 @@ def _read_servers(ctx: _Context, t: _Table) -> tuple[ServerConfig, ...]:
         key = f"{t.sub('servers')}[{i}]"
         weight = 1
         if isinstance(item, dict):
-            entry = _Table(ctx, key, item)
+            entry = Table(ctx, key, item)
             address = entry.required("address", '"10.0.0.5:443"')
             weight = entry.number("weight", 1, integer=True, low=1)
             entry.finish()
@@ -567,7 +349,7 @@ def _read_servers(ctx: _Context, t: _Table) -> tuple[ServerConfig, ...]:
             continue
         if not isinstance(address, str):
             wanted = 'must be "host:port" or { address = "host:port" }'
-            ctx.error(key, f"{wanted}, got {_show(address)}")
+            ctx.error(key, f"{wanted}, got {show(address)}")
             continue
         try:
             host, port = parse_address(address)
@@ -585,7 +367,7 @@ def _read_servers(ctx: _Context, t: _Table) -> tuple[ServerConfig, ...]:
 # --- checks across sections --------------------------------------------------------------
 
 
-def _check_references(ctx: _Context, config: Config) -> None:
+def _check_references(ctx: Context, config: Config) -> None:
     listener_names = {listener.name for listener in config.listeners}
     service_names = {s.name for s in config.services}
     pool_names = {p.name for p in config.pools}
@@ -617,7 +399,7 @@ def _unknown(what: str, name: str, known: set[str] | None = None) -> str:
     return f'there is no {what} named "{name}"{hint}'
 
 
-def _check_binds(ctx: _Context, listeners: tuple[ListenerConfig, ...]) -> None:
+def _check_binds(ctx: Context, listeners: tuple[ListenerConfig, ...]) -> None:
     seen: list[ListenerConfig] = []
     for listener in listeners:
         if listener.port == 0:
@@ -640,7 +422,7 @@ def _hosts_overlap(a: str, b: str) -> bool:
     return ia.version == ib.version and (ia.is_unspecified or ib.is_unspecified)
 
 
-def _check_routes(ctx: _Context, config: Config) -> None:
+def _check_routes(ctx: Context, config: Config) -> None:
     for listener in config.listeners:
         claimed: dict[tuple[str, str], str] = {}
         for s in config.services_for(listener):
@@ -656,47 +438,3 @@ def _check_routes(ctx: _Context, config: Config) -> None:
 
 
 # --- host names --------------------------------------------------------------------------
-
-
-def _is_host_name(name: str) -> bool:
-    """A DNS name of LDH labels, or an IPv4/IPv6 address."""
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        pass
-    if not name or len(name) > 253 or name.endswith("."):
-        return False
-    labels = name.split(".")
-    # A name whose last label is all digits would be read as an IPv4 address.
-    return all(_LABEL_RE.fullmatch(label) for label in labels) and not labels[-1].isdigit()
-
-
-def _normal_host(host: str) -> str | None:
-    """The lower-cased form of a service host pattern, or None when it is not one."""
-    host = host.strip().lower()
-    if host == "*":
-        return host
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            return str(ipaddress.IPv6Address(host))
-        except ValueError:
-            return None
-    if host.startswith("*."):
-        rest = host[2:]
-        # "*.com" would claim a whole top-level domain; demand two labels after the star.
-        if rest.count(".") >= 1 and _is_host_name(rest) and not _is_ip(rest):
-            return host
-        return None
-    if _is_host_name(host):
-        return str(ipaddress.ip_address(host)) if _is_ip(host) else host
-    return None
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
