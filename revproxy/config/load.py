@@ -20,22 +20,35 @@ from typing import Any
 
 from revproxy.config.addresses import is_host_name, normal_host, parse_address
 from revproxy.config.model import (
+    AccessLogConfig,
+    AdminConfig,
     CertificateConfig,
     Config,
     GlobalConfig,
     HeaderOptions,
+    HealthCheckConfig,
     Limits,
     ListenerConfig,
+    PersistenceConfig,
     PoolConfig,
     ServerConfig,
     ServiceConfig,
     Timeouts,
 )
 from revproxy.config.reader import Context, Table, show
+from revproxy.config.rules import read_rules
+from revproxy.config.templates import expand_templates
 
 TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 UNKNOWN_SNI_ACTIONS = ("default", "reject")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PKCS12_SUFFIXES = (".pfx", ".p12")
+SNI_MISMATCH_ACTIONS = ("allow", "reject")
+BALANCE_METHODS = ("round_robin", "least_conn", "random_two", "source_hash")
+HEALTH_TYPES = ("none", "tcp", "http", "https")
+PERSISTENCE_TYPES = ("none", "source_ip", "cookie")
+SERVER_STATES = ("enabled", "disabled", "draining")
+ACCESS_LOG_FORMATS = ("combined", "json")
 
 _TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
@@ -102,8 +115,11 @@ def _toml_problem(source: Path, exc: tomllib.TOMLDecodeError) -> str:
 
 
 def _read_config(ctx: Context, data: dict[str, Any]) -> Config:
+    data = expand_templates(ctx, data)
     top = Table(ctx, "", data)
     global_ = _read_global(top.table("global"))
+    admin = _read_admin(ctx, top.table("admin"), "admin" in data)
+    access_log = _read_access_log(top.table("access_log"))
     listeners = [_read_listener(ctx, n, t) for n, t in top.named_tables("listeners", "listener")]
     services = [_read_service(ctx, n, t) for n, t in top.named_tables("services", "service")]
     pools = [_read_pool(ctx, n, t) for n, t in top.named_tables("pools", "pool")]
@@ -117,6 +133,8 @@ def _read_config(ctx: Context, data: dict[str, Any]) -> Config:
         listeners=tuple(listeners),
         services=tuple(services),
         pools=tuple(pools),
+        admin=admin,
+        access_log=access_log,
     )
     _check_references(ctx, config)
     _check_binds(ctx, config.listeners)
@@ -163,6 +181,8 @@ def _read_listener(ctx: Context, name: str, t: Table) -> ListenerConfig:
         ciphers=t.string("ciphers", d.ciphers),
         unknown_sni=t.string("unknown_sni", d.unknown_sni, UNKNOWN_SNI_ACTIONS),
         backlog=t.number("backlog", d.backlog, integer=True, low=1),
+        chain_dir=_read_dir(ctx, t, "chain_dir"),
+        sni_mismatch=t.string("sni_mismatch", d.sni_mismatch, SNI_MISMATCH_ACTIONS),
         services=t.strings("services", d.services),
     )
     t.finish()
@@ -188,17 +208,40 @@ def _read_certificates(ctx: Context, t: Table) -> tuple[CertificateConfig, ...]:
     result = []
     for i, item in enumerate(value):
         c = Table(ctx, f"{t.sub('certificates')}[{i}]", item)
-        files: dict[str, Path] = {}
-        for name in ("cert", "key"):
-            text = c.required(name, f'"/etc/revproxy/certs/site.{name}"')
-            if text is not None:
-                files[name] = ctx.file(c.sub(name), text)
+        cert_text = c.required("cert", '"/etc/revproxy/certs/site.pfx"')
+        cert = ctx.file(c.sub("cert"), cert_text) if cert_text is not None else None
+        key_text = c.raw("key")
+        key = None
+        if key_text is not None:
+            if isinstance(key_text, str) and key_text:
+                key = ctx.file(c.sub("key"), key_text)
+            else:
+                c.error("key", f"must be a file name, got {show(key_text)}")
+        elif cert is not None and cert.suffix.lower() not in PKCS12_SUFFIXES:
+            c.error("key", "is required unless cert is a PKCS#12 (.pfx/.p12) file")
+        password_file = None
+        if (pw := c.raw("password_file")) is not None:
+            if isinstance(pw, str) and pw:
+                password_file = ctx.file(c.sub("password_file"), pw)
+            else:
+                c.error("password_file", f"must be a file name, got {show(pw)}")
+        password_env = c.string("password_env", "")
+        if password_file is not None and password_env:
+            c.error("password_env", "give password_file or password_env, not both")
         chain = tuple(
             ctx.file(f"{c.sub('chain')}[{j}]", p) for j, p in enumerate(c.strings("chain", ()))
         )
         c.finish()
-        if len(files) == 2:
-            result.append(CertificateConfig(cert=files["cert"], key=files["key"], chain=chain))
+        if cert is not None:
+            result.append(
+                CertificateConfig(
+                    cert=cert,
+                    key=key,
+                    chain=chain,
+                    password_file=password_file,
+                    password_env=password_env,
+                )
+            )
     return tuple(result)
 
 
@@ -225,7 +268,12 @@ def _read_service(ctx: Context, name: str, t: Table) -> ServiceConfig:
         limits=limits,
         headers=headers,
         retries=t.number("retries", d.retries, integer=True, high=10),
+        retry_window=t.seconds("retry_window", d.retry_window),
         ntlm_pinning=t.boolean("ntlm_pinning", d.ntlm_pinning),
+        template=t.string("template", d.template),
+        redirect_https=t.boolean("redirect_https", d.redirect_https),
+        redirect_status=_redirect_status(t, d.redirect_status),
+        rules=read_rules(ctx, t),
     )
     t.finish()
     return service
@@ -323,6 +371,9 @@ def _read_pool(ctx: Context, name: str, t: Table) -> PoolConfig:
         ciphers=t.string("ciphers", d.ciphers),
         max_idle_per_server=t.number("max_idle_per_server", d.max_idle_per_server, integer=True),
         idle_timeout=t.seconds("idle_timeout", d.idle_timeout),
+        balance=t.string("balance", d.balance, BALANCE_METHODS),
+        health=_read_health(ctx, t.table("health"), tls),
+        persistence=_read_persistence(t.table("persistence")),
     )
     t.finish()
     return pool
@@ -337,10 +388,12 @@ def _read_servers(ctx: Context, t: Table) -> tuple[ServerConfig, ...]:
     for i, item in enumerate(value):
         key = f"{t.sub('servers')}[{i}]"
         weight = 1
+        state = "enabled"
         if isinstance(item, dict):
             entry = Table(ctx, key, item)
             address = entry.required("address", '"10.0.0.5:443"')
             weight = entry.number("weight", 1, integer=True, low=1)
+            state = entry.string("state", state, SERVER_STATES)
             entry.finish()
             key = entry.sub("address")
         else:
@@ -356,12 +409,146 @@ def _read_servers(ctx: Context, t: Table) -> tuple[ServerConfig, ...]:
         except ValueError as exc:
             ctx.error(key, str(exc))
             continue
-        server = ServerConfig(host=host, port=port, weight=weight)
+        server = ServerConfig(host=host, port=port, weight=weight, state=state)
         if any(other.host == host and other.port == port for other in servers):
             ctx.error(key, f"{server.address} is listed twice")
             continue
         servers.append(server)
     return tuple(servers)
+
+
+def _read_dir(ctx: Context, t: Table, name: str) -> Path | None:
+    value = t.raw(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        t.error(name, f"must be a folder name, got {show(value)}")
+        return None
+    path = Path(os.path.abspath(ctx.base / Path(value).expanduser()))
+    if ctx.check_files and not path.is_dir():
+        t.error(name, f"folder not found: {path}")
+    return path
+
+
+def _redirect_status(t: Table, default: int) -> int:
+    status: int = t.number("redirect_status", default, integer=True, low=300)
+    if status not in (301, 302, 303, 307, 308):
+        t.error("redirect_status", f"must be 301, 302, 303, 307 or 308, got {status}")
+        return default
+    return status
+
+
+def _read_health(ctx: Context, t: Table, pool_tls: bool) -> HealthCheckConfig:
+    d = HealthCheckConfig()
+    kind = t.string("type", d.type, HEALTH_TYPES)
+    expect = t.strings("expect", d.expect)
+    for item in expect:
+        if not re.fullmatch(r"[1-5][0-9][0-9](-[1-5][0-9][0-9])?", item):
+            t.error("expect", f'each entry is a status or a range like "200-299", got {show(item)}')
+    path = t.string("path", d.path)
+    if not path.startswith("/"):
+        t.error("path", f'must start with "/", got {show(path)}')
+    ca = None
+    if (ca_text := t.raw("ca")) is not None:
+        if isinstance(ca_text, str) and ca_text:
+            ca = ctx.file(t.sub("ca"), ca_text)
+        else:
+            t.error("ca", f"must be a file name, got {show(ca_text)}")
+    interval = t.seconds("interval", d.interval)
+    timeout = t.seconds("timeout", d.timeout)
+    if timeout > interval:
+        t.error("timeout", f"must not exceed interval ({interval:g} s)")
+    health = HealthCheckConfig(
+        type=kind,
+        interval=interval,
+        timeout=timeout,
+        fall=t.number("fall", d.fall, integer=True, low=1, high=100),
+        rise=t.number("rise", d.rise, integer=True, low=1, high=100),
+        port=t.number("port", d.port, integer=True, high=65535),
+        method=t.string("method", d.method, ("GET", "HEAD")),
+        path=path,
+        host=t.string("host", d.host),
+        expect=expect,
+        start_down=t.boolean("start_down", d.start_down),
+        ca=ca,
+        verify=t.boolean("verify", d.verify),
+        passive_failures=t.number("passive_failures", d.passive_failures, integer=True),
+        passive_statuses=_statuses(t, "passive_statuses", d.passive_statuses),
+    )
+    t.finish()
+    return health
+
+
+def _statuses(t: Table, name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    value = t.raw(name)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in value
+    ):
+        t.error(name, f"must be an array of HTTP statuses (100-599), got {show(value)}")
+        return default
+    return tuple(value)
+
+
+def _read_persistence(t: Table) -> PersistenceConfig:
+    d = PersistenceConfig()
+    name = t.string("cookie_name", d.cookie_name)
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+        t.error("cookie_name", f"must be a cookie name (a token), got {show(name)}")
+    persistence = PersistenceConfig(
+        type=t.string("type", d.type, PERSISTENCE_TYPES),
+        timeout=t.seconds("timeout", d.timeout),
+        cookie_name=name,
+        cookie_path=t.string("cookie_path", d.cookie_path),
+        cookie_domain=t.string("cookie_domain", d.cookie_domain),
+        cookie_httponly=t.boolean("cookie_httponly", d.cookie_httponly),
+        cookie_secure=t.boolean("cookie_secure", d.cookie_secure),
+        cookie_max_age=t.number("cookie_max_age", d.cookie_max_age, integer=True),
+        cookie_always=t.boolean("cookie_always", d.cookie_always),
+    )
+    t.finish()
+    return persistence
+
+
+def _read_admin(ctx: Context, t: Table, present: bool) -> AdminConfig:
+    d = AdminConfig()
+    host, port = d.host, d.port
+    if (bind := t.raw("bind")) is not None:
+        try:
+            if not isinstance(bind, str):
+                raise ValueError(f"must be an address like 127.0.0.1:9000, got {show(bind)}")
+            host, port = parse_address(bind, bind=True)
+        except ValueError as exc:
+            t.error("bind", str(exc))
+    token_file = None
+    if (token := t.raw("token_file")) is not None:
+        if isinstance(token, str) and token:
+            token_file = ctx.file(t.sub("token_file"), token)
+        else:
+            t.error("token_file", f"must be a file name, got {show(token)}")
+    admin = AdminConfig(
+        enabled=t.boolean("enabled", present),
+        host=host,
+        port=port,
+        token_file=token_file,
+    )
+    if admin.enabled and host not in ("127.0.0.1", "::1"):
+        ctx.warn(t.sub("bind"), f"the admin server listens beyond loopback ({host})")
+    t.finish()
+    return admin
+
+
+def _read_access_log(t: Table) -> AccessLogConfig:
+    d = AccessLogConfig()
+    log = AccessLogConfig(
+        enabled=t.boolean("enabled", d.enabled),
+        format=t.string("format", d.format, ACCESS_LOG_FORMATS),
+        path=t.string("path", d.path),
+        request_id_header=t.string("request_id_header", d.request_id_header),
+    )
+    t.finish()
+    return log
 
 
 # --- checks across sections --------------------------------------------------------------

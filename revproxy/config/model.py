@@ -51,11 +51,18 @@ class HeaderOptions:
 
 @dataclass(frozen=True, slots=True)
 class CertificateConfig:
-    """One certificate on a TLS listener: PEM files for now."""
+    """One certificate on a TLS listener.
+
+    `cert` may be PEM, DER or PKCS#12 (.pfx/.p12); a PKCS#12 file carries its key (and
+    often intermediates), so `key` is then None. Its password comes from `password_file`
+    or the environment variable `password_env`, never from the command line.
+    """
 
     cert: Path
-    key: Path
-    chain: tuple[Path, ...] = ()  # extra intermediate files, leaf's issuer first
+    key: Path | None = None
+    chain: tuple[Path, ...] = ()  # extra intermediates (PEM, DER or PKCS#12), any order
+    password_file: Path | None = None
+    password_env: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,10 @@ class ListenerConfig:
     ciphers: str = ""  # OpenSSL cipher string for TLS <= 1.2; "" = built-in modern list
     unknown_sni: str = "default"  # "default" (serve the first certificate) or "reject"
     backlog: int = 1024
+    # Folder searched for intermediates missing from a certificate's chain.
+    chain_dir: Path | None = None
+    # Host header naming a different name than the TLS SNI: "allow" or "reject" (421).
+    sni_mismatch: str = "allow"
     # Service names reachable on this listener; empty = every service that names this
     # listener in ServiceConfig.listeners or names no listener at all.
     services: tuple[str, ...] = ()
@@ -85,7 +96,50 @@ class ServiceConfig:
     limits: Limits = field(default_factory=Limits)
     headers: HeaderOptions = field(default_factory=HeaderOptions)
     retries: int = 1  # extra attempts on another connection/server when it is safe
+    retry_window: float = 10.0  # no new attempt starts later than this after the first
     ntlm_pinning: bool = True  # tie a server connection to its client after NTLM/Negotiate
+    template: str = ""  # the template this service was expanded from ("" = none)
+    redirect_https: bool = False  # answer every request with a redirect to https://
+    redirect_status: int = 301
+    rules: tuple[RuleConfig, ...] = ()  # content rules, in order
+
+
+@dataclass(frozen=True, slots=True)
+class MatchConfig:
+    """What a content rule looks at; every given condition must hold."""
+
+    hosts: tuple[str, ...] = ()  # exact or "*.x.y"
+    path: str = ""  # with path_kind
+    path_kind: str = "prefix"  # "exact", "prefix" or "regex"
+    methods: tuple[str, ...] = ()
+    query: str = ""  # regex searched in the query string
+    headers: tuple[tuple[str, str], ...] = ()  # (name, regex searched in the value)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """One content rule: a match and what to do when it matches."""
+
+    name: str
+    match: MatchConfig = field(default_factory=MatchConfig)
+    # Header edits: (name, value) pairs.
+    set_request_headers: tuple[tuple[str, str], ...] = ()
+    add_request_headers: tuple[tuple[str, str], ...] = ()
+    remove_request_headers: tuple[str, ...] = ()
+    set_response_headers: tuple[tuple[str, str], ...] = ()
+    add_response_headers: tuple[tuple[str, str], ...] = ()
+    remove_response_headers: tuple[str, ...] = ()
+    # Path and query rewrite: regex on path+query, replacement with \1 groups.
+    rewrite: tuple[str, str] | None = None
+    # Redirect: (status, location template) with \1 groups from the path match.
+    redirect: tuple[int, str] | None = None
+    # Fixed answer: (status, content type, body).
+    respond: tuple[int, str, str] | None = None
+    # Response body text replacement: (regex, replacement), for these content types.
+    replace_body: tuple[str, str] | None = None
+    replace_content_types: tuple[str, ...] = ("text/html", "text/plain", "application/json")
+    replace_max_bytes: int = 1048576
+    last: bool = True  # stop evaluating rules after this one matched
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +149,51 @@ class ServerConfig:
     host: str
     port: int
     weight: int = 1
+    state: str = "enabled"  # "enabled", "disabled" (no traffic) or "draining"
 
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active checks of each server of a pool; defaults as load-balancer appliances ship."""
+
+    type: str = "none"  # "none", "tcp", "http" or "https"
+    interval: float = 9.0
+    timeout: float = 4.0
+    fall: int = 2  # consecutive failures that mark a server down
+    rise: int = 2  # consecutive successes that mark it up again
+    port: int = 0  # 0 = the server's own port (a Lync Front End is often checked on 5061)
+    method: str = "GET"  # or "HEAD"
+    path: str = "/"
+    host: str = ""  # Host header; "" = the server's address
+    expect: tuple[str, ...] = ("200-299", "301", "302", "401")  # statuses or ranges
+    start_down: bool = True  # a new server takes traffic only once a check passed
+    ca: Path | None = None  # for https checks; None = the pool's ca
+    verify: bool = True
+    # Passive checks: failures seen by live traffic mark a server down before the next
+    # active check; it comes back through the active checks.
+    passive_failures: int = 3  # consecutive connect failures or resets; 0 = off
+    passive_statuses: tuple[int, ...] = ()  # response statuses counted as failures
+
+
+@dataclass(frozen=True, slots=True)
+class PersistenceConfig:
+    """Sending a client back to the same server; off by default."""
+
+    type: str = "none"  # "none", "source_ip" or "cookie"
+    timeout: float = 1200.0  # source_ip: forget a client after this long (20 minutes)
+    cookie_name: str = "SERVERID"
+    cookie_path: str = "/"
+    cookie_domain: str = ""
+    cookie_httponly: bool = True
+    cookie_secure: bool = False
+    cookie_max_age: int = 0  # 0 = no expiry attribute (a session cookie)
+    # Set the cookie on every response whose request lacked it (the MS-WSMAN case), not
+    # only when the chosen server changes.
+    cookie_always: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +208,29 @@ class PoolConfig:
     ciphers: str = ""
     max_idle_per_server: int = 64  # idle keep-alive connections kept per server
     idle_timeout: float = 60.0  # idle server connection is closed after this
+    # "round_robin" (weighted), "least_conn", "random_two" (power of two choices),
+    # "source_hash"
+    balance: str = "round_robin"
+    health: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin server: status page, JSON API, metrics, health endpoints."""
+
+    enabled: bool = False  # true when an [admin] table is present, unless it says otherwise
+    host: str = "127.0.0.1"
+    port: int = 9000
+    token_file: Path | None = None  # actions need this token; without it they are refused
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    enabled: bool = True
+    format: str = "combined"  # "combined" or "json"
+    path: str = "-"  # "-" = standard output, else a file
+    request_id_header: str = "X-Request-ID"  # passed to servers; "" = none
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +250,8 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     services: tuple[ServiceConfig, ...]
     pools: tuple[PoolConfig, ...]
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
 
     def pool(self, name: str) -> PoolConfig:
         for p in self.pools:

@@ -168,6 +168,8 @@ def load_certificate(config: CertificateConfig) -> LoadedCertificate:
     leaf, chain = in_cert_file[0], list(in_cert_file[1:])
     for chain_path in config.chain:
         chain.extend(load_pem_certificates(chain_path, "chain"))
+    if config.key is None:
+        raise TLSConfigError(config.cert, "no private key given (key = ...)")
     key = load_private_key(config.key)
     if _spki(key.public_key()) != _spki(leaf.public_key()):
         raise TLSConfigError(

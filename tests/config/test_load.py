@@ -274,7 +274,12 @@ def test_relative_source_still_gives_absolute_paths(tmp_path: Path) -> None:
         ("pools.web.idle_timeout", -1, "pools.web.idle_timeout: must be a positive number"),
         ("pools.web.max_idle_per_server", 1.0, "must be an integer >= 0"),
         ("pools.web.ca", 3, "pools.web.ca: must be a non-empty string"),
-        ("tempaltes", {}, "tempaltes: unknown key; known keys: global, listeners, pools, services"),
+        (
+            "tempaltes",
+            {},
+            "tempaltes: unknown key; known keys: "
+            "access_log, admin, global, listeners, pools, services",
+        ),
         ("pool", {}, 'pool: unknown key; did you mean "pools"?'),
     ],
 )
