@@ -1,4 +1,4 @@
-"""The `revproxy` command: run, check, demo."""
+"""The `revproxy` command: run, check, demo; more subcommands live in revproxy/commands/."""
 
 from __future__ import annotations
 
@@ -115,8 +115,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from revproxy.commands import cert, control, template
+
     parser = argparse.ArgumentParser(prog="revproxy", description="HTTPS reverse proxy")
     sub = parser.add_subparsers(dest="command", required=True)
+    for module in (cert, control, template):
+        module.register(sub)
     run = sub.add_parser("run", help="run the proxy with a configuration file")
     run.add_argument("-c", "--config", required=True, help="TOML configuration file")
     run.set_defaults(func=cmd_run)

@@ -1,0 +1,1 @@
+"""Subcommands of `revproxy` beyond run/check/demo, one module per feature."""
