@@ -35,7 +35,7 @@ class ChunkError(ValueError):
 
 
 class ChunkedReader:
-    __slots__ = ("_state", "_remaining", "_line", "_crlf", "_trailer_bytes")
+    __slots__ = ("_state", "_remaining", "_line", "_crlf", "_trailer_bytes", "payload")
 
     def __init__(self) -> None:
         self._state = _SIZE
@@ -43,6 +43,7 @@ class ChunkedReader:
         self._line = bytearray()
         self._crlf = 0  # bytes of the CRLF after chunk data seen so far
         self._trailer_bytes = 0
+        self.payload = 0  # body bytes seen so far, without the chunk framing
 
     @property
     def done(self) -> bool:
@@ -64,6 +65,7 @@ class ChunkedReader:
                     out.append(bytes(data[pos : pos + take]))
                 pos += take
                 self._remaining -= take
+                self.payload += take
                 if not self._remaining:
                     self._state = _DATA_END
                     self._crlf = 0

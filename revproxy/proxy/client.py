@@ -268,7 +268,10 @@ class ClientConnection(asyncio.Protocol):
             self._req_left -= used
             done = not self._req_left
         piece = data if used == len(data) else data[:used]
-        self._req_bytes += used
+        # The body size limit counts payload, not chunk framing.
+        self._req_bytes = (
+            self._req_chunks.payload if self._req_chunks is not None else (self._req_bytes + used)
+        )
         svc = self._svc
         assert svc is not None
         if svc.max_body and self._req_bytes > svc.max_body:
