@@ -37,6 +37,9 @@ class Forwarding:
     x_forwarded_proto: bool = True
     x_forwarded_host: bool = True
     via: bytes = b""  # the Via line's value ("1.1 revproxy"), or empty for none
+    # Header carrying the proxy's request id to the server ("" = none); one the client sent
+    # under that name is replaced.
+    request_id_header: bytes = b""
 
 
 def _drop_set(tokens: frozenset[bytes]) -> frozenset[bytes]:
@@ -51,6 +54,7 @@ def request_head(
     client_ip: bytes,
     extend_xff: bool,
     scheme: bytes,
+    request_id: bytes = b"",
 ) -> bytes:
     """The request head sent to a real server (always HTTP/1.1).
 
@@ -61,8 +65,9 @@ def request_head(
     out = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     append = out.append
     prior_xff: list[bytes] = []
+    rid_name = fwd.request_id_header.lower() if request_id else b""
     for lname, value, line in req.headers:
-        if lname in drop:
+        if lname in drop or lname == rid_name:
             continue
         if lname[:12] == b"x-forwarded-":
             if lname == b"x-forwarded-for" and fwd.x_forwarded_for:
@@ -97,6 +102,8 @@ def request_head(
         append(b"X-Forwarded-Host: %s\r\n" % req.host)
     if fwd.via:
         append(b"Via: %s\r\n" % fwd.via)
+    if request_id:
+        append(b"%s: %s\r\n" % (fwd.request_id_header, request_id))
     append(b"\r\n")
     return b"".join(out)
 

@@ -58,6 +58,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, listener: Listener, registry: set[ClientConnection]) -> None:
         self._listener = listener
         self._registry = registry
+        self._stats = listener.stats
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._ip = b"-"
@@ -101,6 +102,12 @@ class ClientConnection(asyncio.Protocol):
         self._dechunk = False
         self._pinned: ServerConnection | None = None
         self._trusts: dict[str, bool] = {}
+        # For statistics and the access log.
+        self._t0 = 0.0  # when the request head was read
+        self._t_resp = -1.0  # seconds from sending the request to the response head
+        self._status = 0  # what the client was answered
+        self._bytes_out = 0
+        self._rid = b""
 
     # ----------------------------------------------------------------- asyncio callbacks
 
@@ -112,6 +119,7 @@ class ClientConnection(asyncio.Protocol):
             self._ip_str = str(peer[0])
             self._ip = self._ip_str.encode()
         self._registry.add(self)
+        self._stats.connection_opened(self._listener.name)
         self._active = self._loop.time()
         self._arm(self._listener.t_header)
 
@@ -155,7 +163,9 @@ class ClientConnection(asyncio.Protocol):
             up, self._up = self._up, None
             up.close()
         self._phase = _CLOSED
-        self._registry.discard(self)
+        if self in self._registry:
+            self._registry.discard(self)
+            self._stats.connection_closed(self._listener.name)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -241,10 +251,14 @@ class ClientConnection(asyncio.Protocol):
         trusted = self._trusts.get(svc.name)
         if trusted is None:
             trusted = self._trusts[svc.name] = svc.trusts(self._ip_str)
-        head = request_head(req, svc.forwarding, self._ip, trusted, self._listener.scheme)
+        self._rid = rid = self._listener.new_request_id()
+        head = request_head(req, svc.forwarding, self._ip, trusted, self._listener.scheme, rid)
         self._sent = [head]
         self._sent_size = len(head)
-        self._active = self._loop.time()
+        self._active = self._t0 = self._loop.time()
+        self._t_resp = -1.0
+        self._status = 0
+        self._bytes_out = 0
         if not self._choose_upstream(head):
             return
         if not self._req_done and self._buf:
@@ -390,9 +404,11 @@ class ClientConnection(asyncio.Protocol):
         server.active -= 1
         self._server = None
         self._tried.append(server)
-        if len(self._tried) <= svc.retries:
+        self._stats.server_failed(svc.pool.name, server.name, "timeout" if timeout else "connect")
+        if len(self._tried) <= svc.retries and self._loop.time() - self._t0 < svc.retry_window:
             nxt = svc.pool.choose(self._tried)
             if nxt is not None:
+                self._stats.retried(svc.pool.name, nxt.name)
                 self._server = nxt
                 nxt.active += 1
                 conn = svc.endpoints[nxt].take_idle()
@@ -421,6 +437,7 @@ class ClientConnection(asyncio.Protocol):
         ):
             return False
         self._stale_retried = True
+        self._stats.retried(svc.pool.name, server.name)
         self._up = None
         self._resp_buf.clear()
         self._pending = list(self._sent)
@@ -491,6 +508,14 @@ class ClientConnection(asyncio.Protocol):
         req, svc = self._req, self._svc
         assert req is not None and svc is not None
         self._resp = resp
+        self._status = status = resp.status
+        self._t_resp = self._active - self._t0
+        server = self._server
+        if server is not None:
+            if status in svc.passive_statuses:
+                self._stats.server_failed(svc.pool.name, server.name, "status")
+            else:
+                self._stats.server_succeeded(svc.pool.name, server.name)
         if resp.auth_challenge and svc.ntlm_pinning:
             # NTLM and Negotiate authenticate the connection: it now belongs to this client.
             self._pinned = self._up
@@ -515,6 +540,7 @@ class ClientConnection(asyncio.Protocol):
     def _write(self, head: bytes, piece: bytes) -> None:
         transport = self._transport
         assert transport is not None
+        self._bytes_out += len(head) + len(piece)
         if not head:
             if piece:
                 transport.write(piece)
@@ -608,8 +634,25 @@ class ClientConnection(asyncio.Protocol):
             self._read_heads()
 
     def _end_exchange(self) -> None:
-        if self._server is not None:
-            self._server.active -= 1
+        req, svc, server = self._req, self._svc, self._server
+        if req is not None and svc is not None:
+            self._stats.request_done(
+                self._listener.name,
+                self._ip_str,
+                svc.name,
+                svc.pool.name,
+                server.name if server is not None else "",
+                req,
+                self._status or 499,  # 499: the client went away before an answer
+                self._req_bytes,
+                self._bytes_out,
+                self._t0,
+                self._t_resp,
+                self._loop.time(),
+                self._rid,
+            )
+        if server is not None:
+            server.active -= 1
             self._server = None
         if self._connecting is not None:
             self._connecting.cancel()
@@ -653,6 +696,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_response(self, why: str, conn_gone: bool = False) -> None:
         log.warning("server %s: %s", self._server, why)
+        svc, server = self._svc, self._server
+        if svc is not None and server is not None:
+            self._stats.server_failed(
+                svc.pool.name, server.name, "reset" if conn_gone else "protocol"
+            )
         if not conn_gone and self._up is not None:
             up, self._up = self._up, None
             if up is self._pinned:
@@ -736,21 +784,31 @@ class ClientConnection(asyncio.Protocol):
 
     def _expired(self) -> None:
         phase = self._phase
+        stats = self._stats
         if phase == _HEAD:
             if self._buf:
+                stats.timed_out("client_header")
                 self._fail(408)
             else:
+                stats.timed_out("keepalive")
                 self._close()
         elif phase == _TUNNEL:
+            stats.timed_out("tunnel")
             self._close()
         elif self._resp is not None:
             log.info("client %s: response body idle timeout", self._ip_str)
+            stats.timed_out("server_body")
             self._abort()
         elif not self._req_done and self._connecting is None and self._up is not None:
             log.info("client %s: request body idle timeout", self._ip_str)
+            stats.timed_out("client_body")
             self._fail(408)
         else:
             log.warning("server %s: no response in time", self._server)
+            stats.timed_out("server_response")
+            svc, server = self._svc, self._server
+            if svc is not None and server is not None:
+                self._stats.server_failed(svc.pool.name, server.name, "timeout")
             self._fail(504)
 
     # ----------------------------------------------------------------- flow control, ending
@@ -774,6 +832,14 @@ class ClientConnection(asyncio.Protocol):
         if self._resp is not None or self._phase == _TUNNEL:
             self._abort()
             return
+        self._status = status
+        if self._req is None:
+            # Refused before it was routed (bad framing, limits, no service).
+            now = self._loop.time()
+            self._stats.request_done(
+                self._listener.name, self._ip_str, "", "", "", None, status, 0, 0, now, -1.0,
+                now, b"",
+            )  # fmt: skip
         self._abort_exchange()
         transport = self._transport
         if transport is not None and self._phase != _CLOSED:

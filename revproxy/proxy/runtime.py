@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
+import os
 import ssl
+from collections.abc import Callable
 
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
 from revproxy.http.forward import Forwarding
 from revproxy.proxy.router import Router
+from revproxy.proxy.stats import WorkerStats
 from revproxy.proxy.upstream import Endpoint
 from revproxy.tls.context import build_listener_context, build_pool_context
 
@@ -32,6 +36,7 @@ class Service:
         "forwarding",
         "trusted",
         "retries",
+        "retry_window",
         "ntlm_pinning",
         "t_header",
         "t_body_idle",
@@ -44,9 +49,16 @@ class Service:
         "max_header_bytes",
         "max_header_count",
         "max_body",
+        "passive_statuses",
     )
 
-    def __init__(self, config: ServiceConfig, pool: Pool, endpoints: dict[Server, Endpoint]):
+    def __init__(
+        self,
+        config: ServiceConfig,
+        pool: Pool,
+        endpoints: dict[Server, Endpoint],
+        request_id_header: str = "",
+    ):
         self.config = config
         self.name = config.name
         self.pool = pool
@@ -57,11 +69,13 @@ class Service:
             x_forwarded_proto=h.x_forwarded_proto,
             x_forwarded_host=h.x_forwarded_host,
             via=(b"1.1 " + h.via_name.encode()) if h.via else b"",
+            request_id_header=request_id_header.encode(),
         )
         self.trusted: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in h.trusted_proxies
         )
         self.retries = config.retries
+        self.retry_window = config.retry_window
         self.ntlm_pinning = config.ntlm_pinning
         t = config.timeouts
         self.t_header = t.client_header
@@ -76,6 +90,7 @@ class Service:
         self.max_header_bytes = lim.max_header_bytes
         self.max_header_count = lim.max_header_count
         self.max_body = lim.max_body_bytes
+        self.passive_statuses = frozenset(pool.config.health.passive_statuses)
 
     def trusts(self, ip: str) -> bool:
         if not self.trusted:
@@ -100,11 +115,21 @@ class Listener:
         "max_request_line",
         "max_header_bytes",
         "max_header_count",
+        "stats",
+        "new_request_id",
     )
 
-    def __init__(self, config: ListenerConfig, services: list[Service]):
+    def __init__(
+        self,
+        config: ListenerConfig,
+        services: list[Service],
+        stats: WorkerStats,
+        new_request_id: Callable[[], bytes],
+    ):
         self.config = config
         self.name = config.name
+        self.stats = stats
+        self.new_request_id = new_request_id
         self.router: Router[Service] = Router((s.config.hosts, s.config.paths, s) for s in services)
         self.ssl_context: ssl.SSLContext | None = (
             build_listener_context(config) if config.tls else None
@@ -121,8 +146,22 @@ class Listener:
 class Runtime:
     """Everything one worker needs for one configuration."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        stats: WorkerStats | None = None,
+    ) -> None:
         self.config = config
+        self.stats = stats if stats is not None else WorkerStats()
+        # Request ids: a random prefix per worker and configuration, then a counter.
+        prefix = os.urandom(6).hex().encode() + b"-"
+        counter = itertools.count(1)
+        rid_header = config.access_log.request_id_header
+
+        def new_request_id() -> bytes:
+            return b"%s%x" % (prefix, next(counter)) if rid_header else b""
+
         self.pools: dict[str, Pool] = {}
         self.endpoints: list[Endpoint] = []
         endpoints_by_pool: dict[str, dict[Server, Endpoint]] = {}
@@ -136,12 +175,12 @@ class Runtime:
         self.services: dict[str, Service] = {}
         for svc_cfg in config.services:
             self.services[svc_cfg.name] = Service(
-                svc_cfg, self.pools[svc_cfg.pool], endpoints_by_pool[svc_cfg.pool]
+                svc_cfg, self.pools[svc_cfg.pool], endpoints_by_pool[svc_cfg.pool], rid_header
             )
         self.listeners: dict[str, Listener] = {}
         for lst_cfg in config.listeners:
             services = [self.services[s.name] for s in config.services_for(lst_cfg)]
-            self.listeners[lst_cfg.name] = Listener(lst_cfg, services)
+            self.listeners[lst_cfg.name] = Listener(lst_cfg, services, self.stats, new_request_id)
 
     def expire_idle(self, now: float) -> None:
         for ep in self.endpoints:

@@ -3,18 +3,61 @@
 The data plane calls these methods on its hot path, so they only update plain
 Python containers; a snapshot is taken once a second and sent to the control
 process, which aggregates all workers.
+
+Counters are totals since the worker started, so a lost snapshot loses nothing
+(the next one carries the same totals and more) and the control process keeps
+the last snapshot per worker pid. Access-log entries are kept as raw values and
+formatted in batches by the sink the worker installs (`access_log`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from revproxy.http.head import Request
 
+# Upper bounds (seconds) of the latency histogram buckets; one more bucket counts the rest.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# One access-log entry, as request_done saw it: (listener, client_ip, service, pool, server,
+# method, target, http11, host, referer, user agent, status, bytes_in, bytes_out, started,
+# upstream_time, total_time, request_id).
+AccessEntry = tuple[Any, ...]
+
+Event = dict[str, Any]
+
 
 class WorkerStats:
     """Counters of one worker process. Every method is cheap and never raises."""
+
+    def __init__(
+        self,
+        access_log: bool = False,
+        events: Callable[[Event], None] | None = None,
+    ) -> None:
+        # (service, pool, server, status class "2xx") -> count
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        # service -> [bytes in, bytes out]
+        self.bytes: dict[str, list[int]] = {}
+        # service -> bucket counts + [sum]; (pool, server) -> the same for upstream time
+        self.total_latency: dict[str, list[float]] = {}
+        self.upstream_latency: dict[tuple[str, str], list[float]] = {}
+        # listener -> [open, accepted]
+        self.connections: dict[str, list[int]] = {}
+        # (pool, server, kind) -> count
+        self.server_failures: dict[tuple[str, str, str], int] = {}
+        self.retries: dict[tuple[str, str], int] = {}
+        self.timeouts: dict[str, int] = {}
+        self.tls_failures: dict[str, int] = {}
+        # Servers with a passive failure not yet followed by a success.
+        self._failing: set[tuple[str, str]] = set()
+        self._events = events
+        self.access_log: list[AccessEntry] | None = [] if access_log else None
+
+    # ------------------------------------------------------------------ hot path
 
     def request_done(
         self,
@@ -23,7 +66,7 @@ class WorkerStats:
         service: str,
         pool: str,
         server: str,
-        req: Request,
+        req: Request | None,
         status: int,
         bytes_in: int,
         bytes_out: int,
@@ -38,23 +81,132 @@ class WorkerStats:
         to the server to the response head, or -1 when no server answered. `server` is ""
         when no server was chosen.
         """
+        key = (service, pool, server, _STATUS_CLASS[status // 100 if 0 < status < 600 else 0])
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        b = self.bytes.get(service)
+        if b is None:
+            b = self.bytes[service] = [0, 0]
+        b[0] += bytes_in
+        b[1] += bytes_out
+        total = finished - started
+        h = self.total_latency.get(service)
+        if h is None:
+            h = self.total_latency[service] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        h[bisect_left(LATENCY_BUCKETS, total)] += 1
+        h[-1] += total
+        if upstream_time >= 0:
+            skey = (pool, server)
+            h = self.upstream_latency.get(skey)
+            if h is None:
+                h = self.upstream_latency[skey] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            h[bisect_left(LATENCY_BUCKETS, upstream_time)] += 1
+            h[-1] += upstream_time
+        entries = self.access_log
+        if entries is not None and req is not None:
+            header = req.header
+            entries.append(
+                (
+                    listener,
+                    client_ip,
+                    service,
+                    pool,
+                    server,
+                    req.method,
+                    req.target,
+                    req.http11,
+                    req.host,
+                    header(b"referer"),
+                    header(b"user-agent"),
+                    status,
+                    bytes_in,
+                    bytes_out,
+                    started,
+                    upstream_time,
+                    total,
+                    request_id,
+                )
+            )
 
     def connection_opened(self, listener: str) -> None:
         """A client connection was accepted (after its TLS handshake)."""
+        c = self.connections.get(listener)
+        if c is None:
+            c = self.connections[listener] = [0, 0]
+        c[0] += 1
+        c[1] += 1
 
     def connection_closed(self, listener: str) -> None:
         """A client connection ended."""
+        c = self.connections.get(listener)
+        if c is not None and c[0] > 0:
+            c[0] -= 1
 
     def server_failed(self, pool: str, server: str, kind: str) -> None:
         """A real server failed live traffic: kind is "connect", "timeout", "reset",
         "protocol" or "status" (a configured passive-failure status)."""
+        key = (pool, server, kind)
+        self.server_failures[key] = self.server_failures.get(key, 0) + 1
+        self._failing.add((pool, server))
+        if self._events is not None:
+            self._events({"event": "failure", "pool": pool, "server": server, "kind": kind})
 
     def server_succeeded(self, pool: str, server: str) -> None:
         """A real server answered (resets consecutive passive failures)."""
+        # Only the first success after failures is news for passive health.
+        if self._failing and (pool, server) in self._failing:
+            self._failing.discard((pool, server))
+            if self._events is not None:
+                self._events({"event": "success", "pool": pool, "server": server})
 
     def retried(self, pool: str, server: str) -> None:
         """A request was sent again (to `server`) after a failure."""
+        key = (pool, server)
+        self.retries[key] = self.retries.get(key, 0) + 1
 
     def timed_out(self, kind: str) -> None:
         """A timeout fired: "client_header", "client_body", "server_connect",
         "server_response", "server_body", "keepalive", "tunnel"."""
+        self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
+
+    def tls_handshake_failed(self, listener: str) -> None:
+        """A client's TLS handshake on `listener` failed (bad client, unknown SNI, timeout)."""
+        self.tls_failures[listener] = self.tls_failures.get(listener, 0) + 1
+
+    # ------------------------------------------------------------------ once a second
+
+    def take_access_log(self) -> list[AccessEntry]:
+        """The access-log entries since the last call."""
+        entries = self.access_log
+        if not entries:
+            return []
+        self.access_log = []
+        return entries
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every total as JSON-ready lists: {"counters", "gauges", "histograms"}.
+
+        Each is {metric: [[label values..., value]]}; a histogram's value is its bucket
+        counts followed by the sum.
+        """
+        counters: dict[str, list[list[Any]]] = {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "bytes_in": [[k, v[0]] for k, v in self.bytes.items()],
+            "bytes_out": [[k, v[1]] for k, v in self.bytes.items()],
+            "connections_accepted": [[k, v[1]] for k, v in self.connections.items()],
+            "server_failures": [[*k, v] for k, v in self.server_failures.items()],
+            "retries": [[*k, v] for k, v in self.retries.items()],
+            "timeouts": [[k, v] for k, v in self.timeouts.items()],
+            "tls_handshake_failures": [[k, v] for k, v in self.tls_failures.items()],
+        }
+        gauges: dict[str, list[list[Any]]] = {
+            "client_connections": [[k, v[0]] for k, v in self.connections.items()],
+        }
+        histograms: dict[str, list[list[Any]]] = {
+            "request_duration": [[k, list(v)] for k, v in self.total_latency.items()],
+            "upstream_duration": [[*k, list(v)] for k, v in self.upstream_latency.items()],
+        }
+        return {"counters": counters, "gauges": gauges, "histograms": histograms}
+
+
+_STATUS_CLASS = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
