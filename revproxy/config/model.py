@@ -114,6 +114,8 @@ class MatchConfig:
     methods: tuple[str, ...] = ()
     query: str = ""  # regex searched in the query string
     headers: tuple[tuple[str, str], ...] = ()  # (name, regex searched in the value)
+    # Path, query and header-value comparisons ignore case (IIS paths do).
+    ignore_case: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +131,11 @@ class RuleConfig:
     set_response_headers: tuple[tuple[str, str], ...] = ()
     add_response_headers: tuple[tuple[str, str], ...] = ()
     remove_response_headers: tuple[str, ...] = ()
-    # Path and query rewrite: regex on path+query, replacement with \1 groups.
+    # Path and query rewrite: (regex searched in path?query, replacement with \1 groups and
+    # {host} {path} {query} {target} placeholders).
     rewrite: tuple[str, str] | None = None
-    # Redirect: (status, location template) with \1 groups from the path match.
+    # Redirect: (status, location template) with \1 groups from a regex path match and the
+    # same placeholders.
     redirect: tuple[int, str] | None = None
     # Fixed answer: (status, content type, body).
     respond: tuple[int, str, str] | None = None
