@@ -59,6 +59,7 @@ class DevCerts:
     public_root: Path
     public_root_key: Path
     public_intermediate: Path
+    public_intermediate_der: Path  # the same certificate, DER encoded, as CAs often ship it
     public_intermediate_key: Path
     meet: Path
     meet_key: Path
@@ -78,6 +79,7 @@ class DevCerts:
             public_root=public / "root.pem",
             public_root_key=public / "root.key",
             public_intermediate=public / "intermediate.pem",
+            public_intermediate_der=public / "intermediate.der",
             public_intermediate_key=public / "intermediate.key",
             meet=public / "meet.pem",
             meet_key=public / "meet.key",
@@ -259,10 +261,17 @@ def _usable(
 def _pfx_usable(paths: DevCerts, leaf: x509.Certificate) -> bool:
     try:
         password = paths.meet_pfx_password.read_text().strip().encode()
-        _, cert, _ = pkcs12.load_key_and_certificates(paths.meet_pfx.read_bytes(), password)
+        _, cert, more = pkcs12.load_key_and_certificates(paths.meet_pfx.read_bytes(), password)
     except (OSError, ValueError):
         return False
-    return cert is not None and cert == leaf
+    return cert is not None and cert == leaf and not more
+
+
+def _der_usable(path: Path, cert: x509.Certificate) -> bool:
+    try:
+        return path.read_bytes() == cert.public_bytes(serialization.Encoding.DER)
+    except OSError:
+        return False
 
 
 # ---- the two sets ----------------------------------------------------------------------------
@@ -303,6 +312,8 @@ def _public_usable(paths: DevCerts) -> bool:
     intermediate = _usable(paths.public_intermediate, paths.public_intermediate_key, root)
     if intermediate is None:
         return False
+    if not _der_usable(paths.public_intermediate_der, intermediate):
+        return False
     meet = _usable(paths.meet, paths.meet_key, intermediate, MEET_NAMES)
     mail = _usable(paths.mail, paths.mail_key, intermediate, MAIL_NAMES)
     return meet is not None and mail is not None and _pfx_usable(paths, meet)
@@ -337,17 +348,20 @@ def _ensure_public(paths: DevCerts) -> None:
         issued[stem] = (cert, key)
     password = secrets.token_urlsafe(18)
     meet_cert, meet_key = issued["meet"]
+    # Leaf and key only, as some CAs deliver them: the intermediate comes separately, in
+    # DER, so the demo configuration exercises both encodings and the chain assembly.
     pfx = pkcs12.serialize_key_and_certificates(
         MEET_NAMES[0].encode(),
         meet_key,
         meet_cert,
-        [intermediate],
+        None,
         serialization.BestAvailableEncryption(password.encode()),
     )
     _write_key(paths.public_root_key, root_key)
     _write_cert(paths.public_root, root)
     _write_key(paths.public_intermediate_key, inter_key)
     _write_cert(paths.public_intermediate, intermediate)
+    _write(paths.public_intermediate_der, intermediate.public_bytes(serialization.Encoding.DER))
     for stem, (cert, key) in issued.items():
         _write_key(getattr(paths, f"{stem}_key"), key)
         _write_cert(getattr(paths, stem), cert)

@@ -129,12 +129,14 @@ def response_head(
     dechunk: bool = False,
     upgrade: bytes | None = None,
     via: bytes = b"",
+    extra: bytes = b"",
 ) -> bytes:
     """The response head sent to the client.
 
     `close`: this is the last response on the client connection. `dechunk`: the
-    body is sent decoded and delimited by closing (an HTTP/1.0 client cannot read
-    chunked). `upgrade`: the Upgrade value of a 101 that turns into a tunnel.
+    body is not sent with the server's transfer codings (it goes decoded, or re-framed by
+    the caller). `upgrade`: the Upgrade value of a 101 that turns into a tunnel. `extra`:
+    serialized field lines to add, each ending in CRLF.
     """
     drop = _drop_set(resp.connection_tokens)
     # The body goes out with the server's transfer codings (e.g. "gzip, chunked"), so they
@@ -160,6 +162,8 @@ def response_head(
         append(b"Connection: keep-alive\r\n")
     if via:
         append(b"Via: %s\r\n" % via)
+    if extra:
+        append(extra)
     append(b"\r\n")
     return b"".join(out)
 

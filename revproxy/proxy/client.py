@@ -34,6 +34,7 @@ from revproxy.http.head import (
     parse_request,
     parse_response,
 )
+from revproxy.http.rules import Answer, BodyReplacer, ResponseEdits
 from revproxy.proxy.runtime import Listener, Service
 from revproxy.proxy.upstream import WRITE_HIGH, WRITE_LOW, ServerConnection
 
@@ -102,6 +103,9 @@ class ClientConnection(asyncio.Protocol):
         self._dechunk = False
         self._pinned: ServerConnection | None = None
         self._trusts: dict[str, bool] = {}
+        # Content rules of the exchange in progress.
+        self._edits: ResponseEdits | None = None
+        self._replacer: BodyReplacer | None = None
         # For statistics and the access log.
         self._t0 = 0.0  # when the request head was read
         self._t_resp = -1.0  # seconds from sending the request to the response head
@@ -251,6 +255,18 @@ class ClientConnection(asyncio.Protocol):
         trusted = self._trusts.get(svc.name)
         if trusted is None:
             trusted = self._trusts[svc.name] = svc.trusts(self._ip_str)
+        self._edits = None
+        self._replacer = None
+        if svc.rules:
+            action = svc.rules.on_request(req.method, req.host, req.target, req.header)
+            if action.answer is not None:
+                self._answer(req, action.answer)
+                return
+            if action.target is not None:
+                req.target = action.target
+            if action.headers:
+                req.headers = action.headers.apply(req.headers)
+            self._edits = action.response
         self._rid = rid = self._listener.new_request_id()
         head = request_head(req, svc.forwarding, self._ip, trusted, self._listener.scheme, rid)
         self._sent = [head]
@@ -266,6 +282,24 @@ class ClientConnection(asyncio.Protocol):
             self._buf.clear()
             self._request_body(data)
         self._arm(self._phase_timeout())
+
+    def _answer(self, req: Request, answer: Answer) -> None:
+        """Answer from a content rule (redirect, fixed response) without a server."""
+        # A body the client is sending is not read: the connection cannot go on after it.
+        close = self._close_after or req.body != NO_BODY
+        self._active = self._t0 = self._loop.time()
+        self._t_resp = -1.0
+        self._status = answer.status
+        data = answer.encode(head_only=req.method == b"HEAD", close=close)
+        self._bytes_out = len(data)
+        self._req_bytes = 0
+        self._transport.write(data)  # type: ignore[union-attr]
+        self._end_exchange()
+        if close:
+            self._close()
+            return
+        self._phase = _HEAD
+        self._arm(min(self._phase_timeout(), self._listener.t_header))
 
     def _request_body(self, data: bytes) -> None:
         """Forward the part of `data` that belongs to the current request body."""
@@ -520,8 +554,26 @@ class ClientConnection(asyncio.Protocol):
             # NTLM and Negotiate authenticate the connection: it now belongs to this client.
             self._pinned = self._up
         dechunk = resp.body == CHUNKED and not req.http11
+        extra = b""
+        edits = self._edits
+        if edits is not None:
+            replacer = (
+                edits.body_replacer(req.method, status, resp.headers)
+                if resp.body != NO_BODY
+                else None
+            )
+            resp.headers = edits.apply_headers(resp.headers, replacing=replacer is not None)
+            if replacer is not None:
+                # The new body's length is known only at its end: chunked to HTTP/1.1
+                # clients, delimited by closing for HTTP/1.0 ones.
+                self._replacer = replacer
+                dechunk = True
+                if req.http11:
+                    extra = b"Transfer-Encoding: chunked\r\n"
         self._dechunk = dechunk
-        if resp.body == UNTIL_CLOSE or dechunk or not self._req_done or self._draining:
+        if resp.body == UNTIL_CLOSE or (dechunk and not extra) or not self._req_done:
+            self._close_after = True
+        elif self._draining:
             self._close_after = True
         elif self._eof and b"\r\n\r\n" not in self._buf:
             # The client half-closed and this is its last complete request.
@@ -535,6 +587,7 @@ class ClientConnection(asyncio.Protocol):
             http10_client=not req.http11,
             dechunk=dechunk,
             via=svc.forwarding.via,
+            extra=extra,
         )
 
     def _write(self, head: bytes, piece: bytes) -> None:
@@ -554,10 +607,14 @@ class ClientConnection(asyncio.Protocol):
         resp = self._resp
         assert resp is not None
         body = resp.body
+        replacer = self._replacer
         if body == LENGTH:
             used = min(self._resp_left, len(data))
             self._resp_left -= used
-            self._write(head, data if used == len(data) else data[:used])
+            piece = data if used == len(data) else data[:used]
+            if replacer is not None:
+                piece = self._replaced(replacer, piece, not self._resp_left)
+            self._write(head, piece)
             extra = used < len(data)
         elif body == CHUNKED:
             chunks = self._resp_chunks
@@ -571,12 +628,15 @@ class ClientConnection(asyncio.Protocol):
                 self._bad_response(f"bad chunked body: {exc}")
                 return
             if out is not None:
-                self._write(head, b"".join(out))
+                piece = b"".join(out)
+                if replacer is not None:
+                    piece = self._replaced(replacer, piece, chunks.done)
+                self._write(head, piece)
             else:
                 self._write(head, data if used == len(data) else data[:used])
             extra = used < len(data)
         elif body == UNTIL_CLOSE:
-            self._write(head, data)
+            self._write(head, data if replacer is None else self._replaced(replacer, data, False))
             return
         else:
             self._write(head, b"")
@@ -592,6 +652,17 @@ class ClientConnection(asyncio.Protocol):
             self._close_after = self._close_after or not self._req_done
         if self._resp_done_pending():
             self._finish_response()
+
+    def _replaced(self, replacer: BodyReplacer, payload: bytes, done: bool) -> bytes:
+        """Body bytes after content-rule replacement, framed for the client."""
+        out = replacer.feed(payload) if payload else b""
+        if done:
+            out += replacer.finish()
+        req = self._req
+        if req is None or not req.http11:
+            return out
+        framed = b"%x\r\n%s\r\n" % (len(out), out) if out else b""
+        return framed + b"0\r\n\r\n" if done else framed
 
     def _resp_done_pending(self) -> bool:
         resp = self._resp
@@ -683,6 +754,8 @@ class ClientConnection(asyncio.Protocol):
             self._bad_response("server closed the connection before answering", conn_gone=True)
             return
         if self._resp.body == UNTIL_CLOSE:
+            if self._replacer is not None:
+                self._write(b"", self._replaced(self._replacer, b"", True))
             self._close_after = True
             self._finish_response()
             return

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
 from revproxy.http.forward import Forwarding
+from revproxy.http.rules import service_rules
 from revproxy.proxy.router import Router
 from revproxy.proxy.stats import WorkerStats
 from revproxy.proxy.upstream import Endpoint
@@ -50,6 +51,7 @@ class Service:
         "max_header_count",
         "max_body",
         "passive_statuses",
+        "rules",
     )
 
     def __init__(
@@ -91,6 +93,7 @@ class Service:
         self.max_header_count = lim.max_header_count
         self.max_body = lim.max_body_bytes
         self.passive_statuses = frozenset(pool.config.health.passive_statuses)
+        self.rules = service_rules(config)  # falsy when the service has none
 
     def trusts(self, ip: str) -> bool:
         if not self.trusted:

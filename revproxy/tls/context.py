@@ -14,28 +14,38 @@ does, every context built says so in the log, naming the listener or pool.
 from __future__ import annotations
 
 import logging
+import secrets
 import ssl
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+)
 
 from revproxy.config.model import ListenerConfig, PoolConfig, ServerConfig
 from revproxy.tls.certificates import (
     LoadedCertificate,
-    TLSConfigError,
-    load_certificate,
+    load_listener_certificates,
     load_pem_certificates,
+    raise_for_errors,
 )
-from revproxy.tls.names import NameIndex, normalize_host
+from revproxy.tls.checks import WARNING
+from revproxy.tls.errors import TLSConfigError
+from revproxy.tls.names import NameIndex, normalize_host, wildcard_matches
 
 __all__ = [
+    "CertificateStore",
     "TLSConfigError",
     "build_listener_context",
     "build_pool_context",
+    "served_names_of",
     "server_hostname",
+    "sni_host_mismatch",
     "sni_of",
 ]
 
@@ -77,8 +87,9 @@ LEGACY_CIPHERS = ":".join(
     ]
 )
 
-# Attribute set on each server-side SSL object by the SNI callback.
+# Attributes set on each server-side SSL object by the SNI callback.
 _SNI_ATTRIBUTE = "_revproxy_sni"
+_NAMES_ATTRIBUTE = "_revproxy_served_names"
 
 
 def sni_of(ssl_object: object) -> str | None:
@@ -149,13 +160,22 @@ def _certificate_context(listener: ListenerConfig, cert: LoadedCertificate) -> s
         ctx, listener.min_tls_version, listener.ciphers, f"listener {listener.name}"
     )
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    # load_cert_chain reads files only: leaf and intermediates go into one private
-    # temporary PEM so the whole chain is sent; the key is read from where it lies.
+    if cert.key is None:
+        raise TLSConfigError(cert.config.cert, "no private key")
+    # load_cert_chain reads files only: the assembled chain and the key (which may have
+    # come out of a PKCS#12 file) go into a private temporary folder, the key encrypted
+    # with a one-time password so that it never lies on disk in the clear.
+    secret = secrets.token_urlsafe(24)
+    key_pem = cert.key.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(secret.encode())
+    )
     with tempfile.TemporaryDirectory(prefix="revproxy-tls-") as tmp:
         bundle = Path(tmp) / "chain.pem"
         bundle.write_bytes(cert.chain_pem())
+        key_path = Path(tmp) / "key.pem"
+        key_path.write_bytes(key_pem)
         try:
-            ctx.load_cert_chain(bundle, cert.config.key)
+            ctx.load_cert_chain(bundle, key_path, password=secret)
         except ssl.SSLError as exc:
             problem = exc.reason or str(exc)
             raise TLSConfigError(cert.config.cert, f"OpenSSL refused it: {problem}") from None
@@ -166,7 +186,10 @@ SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
 def _sni_selector(
-    index: NameIndex[ssl.SSLContext], default: ssl.SSLContext, reject_unknown: bool
+    index: NameIndex[ssl.SSLContext],
+    default: ssl.SSLContext,
+    reject_unknown: bool,
+    names: dict[int, tuple[str, ...]],
 ) -> SniCallback:
     def select(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
         name: str | None = None
@@ -178,13 +201,57 @@ def _sni_selector(
         setattr(ssl_object, _SNI_ATTRIBUTE, name)
         chosen = index.lookup(name) if name is not None else None
         if chosen is None:
+            setattr(ssl_object, _NAMES_ATTRIBUTE, names[id(default)])
             # RFC 6066 section 3: unrecognized_name is the alert for a name we do not serve.
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME if reject_unknown else None
+        setattr(ssl_object, _NAMES_ATTRIBUTE, names[id(chosen)])
         if chosen is not default:
             ssl_object.context = chosen
         return None
 
     return select
+
+
+class CertificateStore:
+    """A TLS listener's certificates: loaded, checked, one SSL context each, by name.
+
+    Built from the files each time a worker starts; a reload (SIGHUP) starts new workers,
+    so replaced files are served to new connections while the old workers finish the
+    connections they hold with the certificate those were opened with. Raises
+    TLSConfigError when a finding is an error; warnings are logged, infos too.
+    """
+
+    def __init__(self, listener: ListenerConfig) -> None:
+        owner = f"listener {listener.name}"
+        if not listener.certificates:
+            raise ValueError(f"{owner}: TLS needs at least one certificate")
+        if listener.unknown_sni not in ("default", "reject"):
+            raise ValueError(f"{owner}: unknown_sni must be 'default' or 'reject'")
+        loaded, findings = load_listener_certificates(listener)
+        raise_for_errors(findings)
+        for finding in findings:
+            level = logging.WARNING if finding.severity == WARNING else logging.INFO
+            log.log(level, "%s: %s: %s", owner, finding.file, finding.message)
+        _warn_old_tls(listener.min_tls_version, owner)
+        self.listener = listener
+        self.certificates = tuple(loaded)
+        self.findings = tuple(findings)
+        contexts = [_certificate_context(listener, cert) for cert in loaded]
+        self._contexts = contexts
+        self.context = contexts[0]
+        self._index = NameIndex((c.names, ctx) for c, ctx in zip(loaded, contexts, strict=True))
+        names = {id(ctx): c.names for c, ctx in zip(loaded, contexts, strict=True)}
+        self.context.sni_callback = _sni_selector(
+            self._index, self.context, listener.unknown_sni == "reject", names
+        )
+
+    def certificate_for(self, sni: str | None) -> LoadedCertificate:
+        """The certificate a client sending `sni` (normalized) gets: exact, wildcard, default."""
+        chosen = self._index.lookup(sni) if sni is not None else None
+        for cert, ctx in zip(self.certificates, self._contexts, strict=True):
+            if ctx is chosen:
+                return cert
+        return self.certificates[0]
 
 
 def build_listener_context(listener: ListenerConfig) -> ssl.SSLContext:
@@ -195,21 +262,34 @@ def build_listener_context(listener: ListenerConfig) -> ssl.SSLContext:
     no certificate names (or who sends none) gets an unrecognized_name alert instead.
     Raises TLSConfigError for an unusable file and ValueError for bad settings.
     """
-    owner = f"listener {listener.name}"
-    if not listener.certificates:
-        raise ValueError(f"{owner}: TLS needs at least one certificate")
-    if listener.unknown_sni not in ("default", "reject"):
-        raise ValueError(f"{owner}: unknown_sni must be 'default' or 'reject'")
-    loaded = [load_certificate(c) for c in listener.certificates]
-    for cert in loaded:
-        for problem in cert.warnings:
-            log.warning("%s: certificate %s: %s", owner, cert.config.cert, problem)
-    _warn_old_tls(listener.min_tls_version, owner)
-    contexts = [_certificate_context(listener, cert) for cert in loaded]
-    default = contexts[0]
-    index = NameIndex((cert.names, ctx) for cert, ctx in zip(loaded, contexts, strict=True))
-    default.sni_callback = _sni_selector(index, default, listener.unknown_sni == "reject")
-    return default
+    return CertificateStore(listener).context
+
+
+def served_names_of(ssl_object: object) -> tuple[str, ...]:
+    """The names of the certificate served on this connection (chosen by its SNI)."""
+    value = getattr(ssl_object, _NAMES_ATTRIBUTE, ())
+    return value if isinstance(value, tuple) else ()
+
+
+def sni_host_mismatch(sni: str | None, host: bytes, served: Sequence[str] = ()) -> bool:
+    """Whether a request's Host names a host its connection's certificate does not cover.
+
+    True only when the client sent SNI, the Host header names another host, and the
+    certificate chosen for the SNI (`served`: its names, see `served_names_of`) does not
+    cover that host: RFC 9110 section 7.4 lets clients reuse a connection for any name its
+    certificate is valid for, so those requests are legitimate; the others are answered
+    421 Misdirected Request when the listener says sni_mismatch = "reject".
+    A Host that is not a valid name is left to the request checks (False here).
+    """
+    if sni is None:
+        return False
+    try:
+        name = normalize_host(host)
+    except ValueError:
+        return False
+    if name == sni:
+        return False
+    return not any(n == name or wildcard_matches(n, name) for n in served)
 
 
 def build_pool_context(pool: PoolConfig) -> ssl.SSLContext:

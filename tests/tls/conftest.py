@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
 from tls_testkit import LoopThread
+
+# The whole-proxy harness (ProxyProcess, ScriptedServer) lives with the e2e tests.
+_E2E = str(Path(__file__).resolve().parent.parent / "e2e")
+if _E2E not in sys.path:
+    sys.path.append(_E2E)
 
 
 @pytest.fixture(scope="session")

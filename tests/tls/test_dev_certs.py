@@ -106,16 +106,18 @@ def test_chains_verify_with_openssl(dev: DevCerts) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_pkcs12_holds_key_leaf_and_intermediate(dev: DevCerts) -> None:
+def test_pkcs12_holds_key_and_leaf_intermediate_in_der(dev: DevCerts) -> None:
     password = dev.meet_pfx_password.read_text().strip()
     assert len(password) >= 20
     key, cert, extra = pkcs12.load_key_and_certificates(
         dev.meet_pfx.read_bytes(), password.encode()
     )
     assert cert == _cert(dev.meet)
-    assert extra == [_cert(dev.public_intermediate)]
+    assert extra == []  # the intermediate comes separately, DER encoded
     assert key is not None
     assert key.public_key() == cert.public_key()
+    der = x509.load_der_x509_certificate(dev.public_intermediate_der.read_bytes())
+    assert der == _cert(dev.public_intermediate)
 
 
 def test_second_call_reuses_files(dev: DevCerts) -> None:
@@ -145,7 +147,10 @@ def test_served_by_a_listener(dev: DevCerts, loop_thread: LoopThread) -> None:
         0,
         tls=True,
         certificates=(
-            CertificateConfig(dev.meet, dev.meet_key, (dev.public_intermediate,)),
+            # As deploy/examples/demo.toml has it: the .pfx, its password file, a DER chain.
+            CertificateConfig(
+                dev.meet_pfx, None, (dev.public_intermediate_der,), dev.meet_pfx_password
+            ),
             CertificateConfig(dev.mail, dev.mail_key, (dev.public_intermediate,)),
         ),
     )
@@ -153,6 +158,8 @@ def test_served_by_a_listener(dev: DevCerts, loop_thread: LoopThread) -> None:
     client = ssl.create_default_context(cafile=str(dev.public_root))
     hello = tls_hello(port, client, "autodiscover.demo.test")
     assert x509.load_der_x509_certificate(hello.peer_der) == _cert(dev.mail)
+    hello = tls_hello(port, client, "meet.demo.test")  # verified: the chain was sent
+    assert x509.load_der_x509_certificate(hello.peer_der) == _cert(dev.meet)
 
 
 def test_command_line(tmp_path: Path) -> None:

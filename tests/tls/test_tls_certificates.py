@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import ssl
 from pathlib import Path
 
 import pytest
@@ -63,10 +62,13 @@ def test_not_pem(issued: IssuedCert, tmp_path: Path) -> None:
     text.write_text("hello\n")
     der = tmp_path / "cert.der"
     der.write_bytes(issued.leaf_der)
-    with pytest.raises(TLSConfigError, match="no PEM certificate"):
+    with pytest.raises(TLSConfigError, match="neither PEM, DER nor PKCS#12"):
         load_certificate(CertificateConfig(cert=text, key=issued.config.key))
-    with pytest.raises(TLSConfigError, match="looks like DER"):
-        load_certificate(CertificateConfig(cert=der, key=issued.config.key))
+    # DER is read as well as PEM; the intermediate is missing then.
+    with_chain = CertificateConfig(cert=der, key=issued.config.key, chain=issued.config.chain)
+    assert load_certificate(with_chain).leaf.public_bytes(serialization.Encoding.DER) == (
+        issued.leaf_der
+    )
     with pytest.raises(TLSConfigError, match="no PEM private key"):
         load_certificate(CertificateConfig(cert=issued.config.cert, key=issued.config.cert))
     broken = tmp_path / "broken.pem"
@@ -98,23 +100,20 @@ def test_encrypted_key(issued: IssuedCert, tmp_path: Path) -> None:
         load_certificate(CertificateConfig(cert=issued.config.cert, key=encrypted))
 
 
-def test_chain_out_of_order(
+def test_chain_out_of_order_is_put_in_order(
     issued: IssuedCert, tmp_path: Path, root_ca: trustme.CA, intermediate_ca: trustme.CA
 ) -> None:
     wrong = tmp_path / "wrong-chain.pem"
     wrong.write_bytes(root_ca.cert_pem.bytes() + intermediate_ca.cert_pem.bytes())
     config = CertificateConfig(cert=issued.config.cert, key=issued.config.key, chain=(wrong,))
-    with pytest.raises(TLSConfigError, match="out of order") as caught:
-        load_certificate(config)
-    assert caught.value.path == wrong
-    # Root after the intermediate is the right order (sending the root is only wasteful).
-    right = tmp_path / "right-chain.pem"
-    right.write_bytes(intermediate_ca.cert_pem.bytes() + root_ca.cert_pem.bytes())
-    config = CertificateConfig(cert=issued.config.cert, key=issued.config.key, chain=(right,))
-    assert len(load_certificate(config).chain) == 2
+    loaded = load_certificate(config)
+    assert [c.public_bytes(serialization.Encoding.DER) for c in loaded.chain] == [
+        issued.chain_ders[0]
+    ]  # the root is not sent
+    assert any("is not sent (clients have it already)" in f.message for f in loaded.findings)
 
 
-def test_expired_certificate_is_a_warning(
+def test_expired_certificate_is_an_error(
     tmp_path: Path, intermediate_ca: trustme.CA, caplog: pytest.LogCaptureFixture
 ) -> None:
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
@@ -126,11 +125,12 @@ def test_expired_certificate_is_a_warning(
         not_before=past,
         not_after=past + datetime.timedelta(days=30),
     )
-    loaded = load_certificate(old.config)
-    assert any("expired on 2020-01-31" in w for w in loaded.warnings)
+    with pytest.raises(TLSConfigError, match="expired on 2020-01-31") as caught:
+        load_certificate(old.config)
+    assert caught.value.path == old.config.cert
     listener = ListenerConfig("public", "127.0.0.1", 0, tls=True, certificates=(old.config,))
-    assert isinstance(build_listener_context(listener), ssl.SSLContext)
-    assert "listener public: certificate" in caplog.text and "expired" in caplog.text
+    with pytest.raises(TLSConfigError, match="expired"):
+        build_listener_context(listener)
 
 
 def _self_signed(common_name: str, san: list[str] | None) -> x509.Certificate:

@@ -4,8 +4,10 @@ loopback in a thread, and a blocking ssl client."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +16,11 @@ from typing import cast
 
 import trustme
 import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from revproxy.config.model import CertificateConfig
 from revproxy.tls.context import sni_of
@@ -155,3 +162,123 @@ class BlockingServer:
     def close(self) -> None:
         self._thread.join(DEADLINE)
         self._listener.close()
+
+
+# ---------------------------------------------------------------- certificates made to order
+
+
+@dataclass(frozen=True)
+class Made:
+    cert: x509.Certificate
+    key: PrivateKeyTypes
+
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def make_cert(
+    name: str,
+    issuer: Made | None = None,
+    *,
+    ca: bool = False,
+    dns: tuple[str, ...] = (),
+    key: PrivateKeyTypes | None = None,
+    digest: hashes.HashAlgorithm | None = None,
+    days: float = 90,
+    starts_in_days: float = -1,
+    ca_issuers_url: str = "",
+) -> Made:
+    """A certificate signed by `issuer` (self-signed without one), with cryptography."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = now + datetime.timedelta(days=starts_in_days)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject if issuer else subject)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if dns:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in dns]), critical=False
+        )
+    if ca_issuers_url:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(ca_issuers_url),
+                    )
+                ]
+            ),
+            critical=False,
+        )
+    signer = issuer.key if issuer else key
+    cert = builder.sign(signer, digest or hashes.SHA256())  # type: ignore[arg-type]
+    return Made(cert, key)
+
+
+@dataclass(frozen=True)
+class Pki:
+    root: Made
+    inter: Made  # issued by root
+    inter2: Made  # issued by inter
+    leaf: Made  # issued by inter2, for site.test and *.site.test
+
+
+def make_pki(**leaf_options: object) -> Pki:
+    root = make_cert("Test Root", ca=True, days=3650)
+    inter = make_cert("Test Intermediate 1", root, ca=True, days=1800)
+    inter2 = make_cert("Test Intermediate 2", inter, ca=True, days=1800)
+    options: dict[str, object] = {"dns": ("site.test", "*.site.test")}
+    options.update(leaf_options)
+    leaf = make_cert("site.test", inter2, **options)  # type: ignore[arg-type]
+    return Pki(root, inter, inter2, leaf)
+
+
+def write_bytes(path: Path, *blobs: bytes) -> Path:
+    path.write_bytes(b"".join(blobs))
+    return path
+
+
+def openssl_sha1_cert(
+    workdir: Path, name: str, issuer: Made, *, ca: bool = False, dns: tuple[str, ...] = ()
+) -> Made:
+    """A certificate signed with SHA-1, which cryptography no longer produces: by openssl.
+
+    Raises FileNotFoundError when there is no openssl command (callers skip).
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    made = Made(issuer.cert, key)
+    issuer_pem = write_bytes(workdir / "sha1-issuer.pem", issuer.pem())
+    issuer_key = write_bytes(workdir / "sha1-issuer.key", issuer.key_pem())
+    key_path = write_bytes(workdir / "sha1.key", made.key_pem())
+    lines = [f"basicConstraints=critical,CA:{'TRUE' if ca else 'FALSE'}"]
+    if dns:
+        lines.append("subjectAltName=" + ",".join(f"DNS:{n}" for n in dns))
+    ext = write_bytes(workdir / "sha1.ext", "\n".join(lines).encode() + b"\n")
+    csr, out = workdir / "sha1.csr", workdir / "sha1.pem"
+    commands = [
+        ["openssl", "req", "-new", "-key", key_path, "-subj", f"/CN={name}", "-out", csr],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", issuer_pem, "-CAkey", issuer_key]
+        + ["-sha1", "-days", "90", "-set_serial", "7", "-extfile", ext, "-out", out],
+    ]
+    for command in commands:
+        subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=DEADLINE)
+    return Made(x509.load_pem_x509_certificate(out.read_bytes()), key)
