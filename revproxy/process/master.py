@@ -9,6 +9,12 @@ for signals synchronously (they are blocked and taken with sigtimedwait).
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration
 (validated first; a bad one is reported and the running one kept).
+
+When the configuration has an admin server or active health checks, a control
+process runs next to the workers (process/control.py). Everything that links
+it to the workers is made here before forking: the shared state region and
+the workers' statistics socket; a new configuration and each reload's result
+reach it over a socket of its own. It is restarted when it dies.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from dataclasses import dataclass, field
 
 from revproxy.config.load import ConfigError, load_config
 from revproxy.config.model import Config, ListenerConfig
-from revproxy.process.worker import run_worker
+from revproxy.control.view import ReloadRecord
+from revproxy.process.control import ControlProcess, control_needed, run_control, send_message
+from revproxy.process.shared import SharedState
+from revproxy.process.worker import WorkerLinks, run_worker
 from revproxy.tls.certificates import TLSConfigError
 from revproxy.tls.context import build_listener_context, build_pool_context
 
@@ -84,6 +93,16 @@ class Master:
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
         self.retiring: set[int] = set()
         self.stopping = False
+        self.generation = 0  # configurations loaded: 1 after start, +1 per good reload
+        self.reloads = ReloadRecord()
+        # Links to the control process, made before the first fork.
+        self.shared: SharedState | None = None
+        self.stats_rx: socket.socket | None = None
+        self.stats_tx: socket.socket | None = None
+        self.control: int | None = None  # its pid
+        self.control_started = 0.0
+        self.control_channel: socket.socket | None = None
+        self.control_stopping: set[int] = set()
 
     # ------------------------------------------------------------------ sockets
 
@@ -138,13 +157,93 @@ class Master:
                     for i, sock in enumerate(slots.sockets):
                         if i != slot:
                             sock.close()
-                code = run_worker(self.config, sockets, parent)
+                for link in (self.stats_rx, self.control_channel):
+                    if link is not None:
+                        link.close()
+                # Without a control process nobody reads statistics or publishes state.
+                linked = control_needed(self.config)
+                links = WorkerLinks(
+                    self.generation,
+                    self.stats_tx if linked else None,
+                    self.shared if linked else None,
+                )
+                code = run_worker(self.config, sockets, parent, links)
             except BaseException:
                 log.exception("worker failed")
             finally:
                 logging.shutdown()
                 os._exit(code)
         self.workers[pid] = (slot, time.monotonic())
+
+    # ------------------------------------------------------------------ control process
+
+    def _ports(self) -> dict[str, int]:
+        return {name: slots.port for name, slots in self.slots.items()}
+
+    def _spawn_control(self) -> None:
+        assert self.config is not None and self.shared is not None
+        assert self.stats_rx is not None and self.stats_tx is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent = os.getpid()
+        ports = self._ports()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                for sig in _SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                ours.close()
+                self.stats_tx.close()
+                if self.control_channel is not None:
+                    self.control_channel.close()
+                for slots in self.slots.values():
+                    for sock in slots.sockets:
+                        sock.close()
+                process = ControlProcess(
+                    self.config,
+                    self.generation,
+                    ports,
+                    self.reloads,
+                    theirs,
+                    self.stats_rx,
+                    self.shared,
+                    parent,
+                )
+                code = run_control(process)
+            except BaseException:
+                log.exception("control process failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        theirs.close()
+        ours.settimeout(5.0)
+        if self.control_channel is not None:
+            self.control_channel.close()
+        self.control_channel = ours
+        self.control = pid
+        self.control_started = time.monotonic()
+
+    def _stop_control(self) -> None:
+        if self.control is not None:
+            self._signal_workers([self.control], signal.SIGTERM)
+            self.control_stopping.add(self.control)
+            self.control = None
+        if self.control_channel is not None:
+            self.control_channel.close()
+            self.control_channel = None
+
+    def _tell_control(self, kind: str, payload: dict[str, object]) -> None:
+        if self.control_channel is not None and not send_message(
+            self.control_channel, kind, payload
+        ):
+            # It is stuck or gone: a new one starts from the current state.
+            if self.control is not None:
+                self._signal_workers([self.control], signal.SIGKILL)
+                self.control_stopping.add(self.control)
+                self.control = None
+            if self.config is not None and control_needed(self.config) and not self.stopping:
+                self._spawn_control()
 
     def _signal_workers(self, pids: set[int] | list[int], sig: int) -> None:
         for pid in pids:
@@ -161,6 +260,19 @@ class Master:
                 return
             if pid == 0:
                 return
+            if pid in self.control_stopping:
+                self.control_stopping.discard(pid)
+                continue
+            if pid == self.control:
+                self.control = None
+                if not self.stopping:
+                    log.error(
+                        "control process %d exited (%s); starting a new one", pid, _describe(status)
+                    )
+                    if time.monotonic() - self.control_started < _RESTART_BACKOFF:
+                        time.sleep(_RESTART_BACKOFF)
+                    self._spawn_control()
+                continue
             info = self.workers.pop(pid, None)
             if pid in self.retiring:
                 self.retiring.discard(pid)
@@ -185,7 +297,16 @@ class Master:
         prepare(config)
         self.config = config
         self.slots = self._open_sockets(config, worker_count(config))
+        self.generation = 1
+        self.shared = SharedState()
+        self.stats_rx, self.stats_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self.stats_tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        except OSError:
+            pass
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        if control_needed(config):
+            self._spawn_control()
         for slot in range(worker_count(config)):
             self._spawn(slot)
         log.info("revproxy started: %d workers, pid %d", len(self.workers), os.getpid())
@@ -199,12 +320,24 @@ class Master:
             slots = self._open_sockets(config, count)
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
+            self._reloaded(False, str(exc))
             return False
         old_slots = self.slots
         kept = {id(s) for s in slots.values()}
         old_workers = set(self.workers)
         self.config = config
         self.slots = slots
+        self.generation += 1
+        if control_needed(config):
+            if self.control is None:
+                self._spawn_control()  # it starts from the new configuration
+            else:
+                self._tell_control(
+                    "config",
+                    {"config": config, "generation": self.generation, "ports": self._ports()},
+                )
+        else:
+            self._stop_control()
         for slot in range(count):
             self._spawn(slot)
         self.retiring |= old_workers
@@ -220,7 +353,17 @@ class Master:
                     sock.close()
                 del s.sockets[count:]
         log.info("configuration reloaded: %d workers", count)
+        self._reloaded(True, "")
         return True
+
+    def _reloaded(self, ok: bool, error: str) -> None:
+        record = self.reloads
+        if ok:
+            record.ok += 1
+        else:
+            record.failed += 1
+        record.last_ok, record.last_error, record.last_time = ok, error, time.time()
+        self._tell_control("reload", {"ok": ok, "error": error, "time": record.last_time})
 
     def run(self) -> int:
         """Wait for signals until stopped; returns the exit status."""
@@ -241,6 +384,10 @@ class Master:
         self.stopping = True
         log.info("stopping: waiting for workers to finish their requests")
         everyone = set(self.workers) | self.retiring
+        if self.control is not None:
+            everyone.add(self.control)
+            self.control = None
+        everyone |= self.control_stopping
         self._signal_workers(everyone, signal.SIGTERM)
         grace = self.config.global_.shutdown_grace if self.config else 30.0
         deadline = time.monotonic() + grace + 5.0
@@ -269,8 +416,12 @@ def _describe(status: int) -> str:
     return f"status {os.waitstatus_to_exitcode(status)}"
 
 
-def serve(config_path: str) -> int:
-    """Run the proxy in the foreground; the return value is the process exit status."""
+def serve(config_path: str, pid_file: str | None = None) -> int:
+    """Run the proxy in the foreground; the return value is the process exit status.
+
+    With `pid_file`, the main process's pid is written there once it listens (for
+    `revproxy reload --pid-file`) and removed when it stops.
+    """
     master = Master(config_path)
     try:
         master.start()
@@ -280,4 +431,18 @@ def serve(config_path: str) -> int:
     except OSError as exc:
         print(f"revproxy: cannot listen: {exc}", file=sys.stderr)
         return 2
-    return master.run()
+    if pid_file:
+        try:
+            with open(pid_file, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.error("cannot write the pid file %s: %s", pid_file, exc)
+            pid_file = None
+    try:
+        return master.run()
+    finally:
+        if pid_file:
+            try:
+                os.unlink(pid_file)
+            except OSError:
+                pass

@@ -5,36 +5,167 @@ set, so a worker never binds anything and a reload or a restarted worker
 never closes a listening socket. Stopping is a sequence: stop accepting, let
 busy connections finish their exchange (the last response says Connection:
 close), close idle ones, wait up to the grace period, then cut what is left.
+
+Once a second a worker also applies the server state the control process
+published (health, enable/disable/drain), sends its statistics' totals to the
+control process, and writes its access-log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
+import time
+from dataclasses import dataclass
+from typing import Any
 
 import uvloop
 
 from revproxy.config.model import Config
+from revproxy.control.accesslog import AccessLog
+from revproxy.process.shared import SharedState, apply_server_state, config_server_state
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.runtime import Runtime
+from revproxy.proxy.stats import WorkerStats
 
 log = logging.getLogger("revproxy.worker")
 
 TICK = 1.0  # seconds between housekeeping rounds (idle server connections, parent alive)
 
 
-def run_worker(config: Config, sockets: dict[str, socket.socket], parent: int) -> int:
+@dataclass
+class WorkerLinks:
+    """What connects a worker to the control process; made by the main process."""
+
+    generation: int = 0
+    stats: socket.socket | None = None  # datagrams to the control process
+    shared: SharedState | None = None  # server state the control process publishes
+
+
+class Reporter:
+    """Statistics and events to the control process, the access log to its output."""
+
+    def __init__(self, config: Config, links: WorkerLinks) -> None:
+        self.links = links
+        self.started = time.time()
+        self.listening = False
+        self._warned = False
+        if links.stats is not None:
+            links.stats.setblocking(False)
+        self.stats = WorkerStats(
+            access_log=config.access_log.enabled,
+            events=self._send if links.stats is not None else None,
+        )
+        self.access: AccessLog | None = None
+        if config.access_log.enabled:
+            try:
+                self.access = AccessLog(config.access_log)
+            except OSError as exc:
+                log.error("access log %s cannot be opened: %s", config.access_log.path, exc)
+                self.stats.access_log = None
+
+    def _send(self, message: dict[str, Any]) -> None:
+        sock = self.links.stats
+        if sock is None:
+            return
+        try:
+            sock.send(json.dumps(message, separators=(",", ":")).encode())
+        except (BlockingIOError, ConnectionRefusedError, TimeoutError):
+            pass  # the control process is busy or restarting; totals go again next second
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("statistics not sent: %s", exc)
+
+    def report(self, runtime: Runtime, loop: asyncio.AbstractEventLoop, final: bool) -> None:
+        """Write the access log gathered so far and send the totals (never raises)."""
+        try:
+            self._report(runtime, loop, final)
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                log.exception("statistics report failed")
+
+    def _report(self, runtime: Runtime, loop: asyncio.AbstractEventLoop, final: bool) -> None:
+        if self.access is not None:
+            entries = self.stats.take_access_log()
+            if entries:
+                self.access.write(entries, time.time() - loop.time())
+        if self.links.stats is None:
+            return
+        snapshot = self.stats.snapshot()
+        active: list[list[Any]] = []
+        idle: list[list[Any]] = []
+        for pool in runtime.pools.values():
+            for server in pool.servers:
+                active.append([pool.name, server.name, server.active])
+        for ep in runtime.endpoints:
+            idle.append([ep.pool_config.name, ep.server.name, len(ep.idle)])
+        snapshot["gauges"]["server_active"] = active
+        snapshot["gauges"]["server_idle"] = idle
+        if final:
+            # The last totals of this worker must arrive: wait a little if the queue is full.
+            self.links.stats.settimeout(1.0)
+        self._send(
+            {
+                "pid": os.getpid(),
+                "generation": self.links.generation,
+                "started": self.started,
+                "listening": self.listening and not final,
+                "final": final,
+                "stats": snapshot,
+            }
+        )
+
+    def close(self) -> None:
+        if self.access is not None:
+            self.access.close()
+
+
+def apply_shared_state(runtime: Runtime, shared: SharedState | None, initial: bool) -> None:
+    """Server state from the configuration (at start), then as the control process says."""
+    if initial:
+        apply_server_state(runtime, config_server_state(runtime.config))
+    if shared is None:
+        return
+    document = shared.read() if initial else shared.read_if_changed()
+    if document and isinstance(document.get("servers"), dict):
+        if apply_server_state(runtime, document["servers"]):
+            log.debug("worker %d: server state applied", os.getpid())
+
+
+def run_worker(
+    config: Config, sockets: dict[str, socket.socket], parent: int, links: WorkerLinks | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT (graceful) or until the main process is gone."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(config, sockets, parent))
+        return runner.run(_serve(config, sockets, parent, links or WorkerLinks()))
 
 
-async def _serve(config: Config, sockets: dict[str, socket.socket], parent: int) -> int:
+async def _serve(
+    config: Config, sockets: dict[str, socket.socket], parent: int, links: WorkerLinks
+) -> int:
+    reporter = Reporter(config, links)
+    try:
+        return await _serve_with(config, sockets, parent, links, reporter)
+    finally:
+        reporter.close()
+
+
+async def _serve_with(
+    config: Config,
+    sockets: dict[str, socket.socket],
+    parent: int,
+    links: WorkerLinks,
+    reporter: Reporter,
+) -> int:
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop)
+    runtime = Runtime(config, loop, stats=reporter.stats)
+    apply_shared_state(runtime, links.shared, initial=True)
     registry: set[ClientConnection] = set()
     servers: list[asyncio.Server] = []
     for listener in runtime.listeners.values():
@@ -50,6 +181,8 @@ async def _serve(config: Config, sockets: dict[str, socket.socket], parent: int)
             backlog=listener.config.backlog,
         )
         servers.append(server)
+    reporter.listening = True
+    reporter.report(runtime, loop, final=False)
 
     stop = asyncio.Event()
     grace = {"seconds": config.global_.shutdown_grace}
@@ -75,6 +208,8 @@ async def _serve(config: Config, sockets: dict[str, socket.socket], parent: int)
         except TimeoutError:
             pass
         runtime.expire_idle(loop.time())
+        apply_shared_state(runtime, links.shared, initial=False)
+        reporter.report(runtime, loop, final=False)
         if os.getppid() != parent:
             log.warning("main process is gone; worker %d stops", os.getpid())
             break
@@ -86,12 +221,20 @@ async def _serve(config: Config, sockets: dict[str, socket.socket], parent: int)
         server.close()
     for conn in list(registry):
         conn.drain()
+    reporter.listening = False
+    next_report = loop.time() + TICK
     while registry and loop.time() < started + grace["seconds"]:
         await asyncio.sleep(0.05)
         runtime.expire_idle(loop.time())
+        if loop.time() >= next_report:
+            # Draining for a long time (reload_grace): still counted and logged.
+            next_report = loop.time() + TICK
+            apply_shared_state(runtime, links.shared, initial=False)
+            reporter.report(runtime, loop, final=False)
     if registry:
         log.warning("grace period over: closing %d connections", len(registry))
         for conn in list(registry):
             conn.abort_now()
     runtime.close_idle()
+    reporter.report(runtime, loop, final=True)
     return 0

@@ -332,6 +332,7 @@ def test_entrypoint_serves_and_stops_on_sigterm(
         wait_for(
             lambda: (
                 _https_get(ports["https"], "mail.demo.test", "/", certs.public_root)[0] == 200
+                and _https_get(ports["https"], "meet.demo.test", "/", certs.public_root)[0] == 200
                 and _http_get(ports["http"], "meet.demo.test", "/")[0] == 200
             ),
             20,

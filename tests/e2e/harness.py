@@ -690,3 +690,32 @@ class ResponseReader:
         resp.raw += resp.body
         self.buf = b""
         return resp
+
+
+# ---------------------------------------------------------------------- admin server
+
+_ADMIN = re.compile(r"admin on (\S+):(\d+)")
+
+
+def admin_url(proxy: ProxyProcess, timeout: float = 10.0) -> str:
+    """The base URL of the proxy's admin server (bound to port 0), read from its log."""
+    m = wait_for(lambda: _ADMIN.search(proxy.log()), timeout, "the admin server")
+    return f"http://{m.group(1)}:{m.group(2)}"
+
+
+def http_call(
+    url: str, method: str = "GET", token: str | None = None, timeout: float = 10.0
+) -> tuple[int, bytes]:
+    """One plain HTTP request with urllib: (status, body), error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
