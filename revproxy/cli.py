@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -27,23 +28,39 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from revproxy.config.templates import render_expanded
     from revproxy.process.master import prepare
+    from revproxy.tls.certificates import check_listener_names, inspect_listener
+    from revproxy.tls.checks import ERROR
 
     try:
         config, warnings = load_config_with_warnings(args.config)
-        prepare(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    errors = 0
+    for listener in config.listeners:
+        if not listener.tls:
+            continue
+        for finding in inspect_listener(listener):
+            print(finding, file=sys.stderr)
+            errors += finding.severity == ERROR
+    warnings += check_listener_names(config)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if errors:
+        return 1
+    try:
+        prepare(config)
     except TLSConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 1
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{args.config}: ok ({len(config.listeners)} listeners, {len(config.services)} services,"
         f" {len(config.pools)} pools)"
     )
+    if args.expand:
+        print(render_expanded(config))
     return 0
 
 
@@ -59,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for warning in warnings:
         logging.getLogger("revproxy.config").warning("%s", warning)
     try:
-        return serve(args.config)
+        return serve(args.config, args.pid_file)
     except TLSConfigError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
@@ -68,30 +85,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Development certificates, demo real servers, and the proxy on the demo configuration."""
     from revproxy.demo.certs import ensure_dev_certs
+    from revproxy.demo.layout import SERVER_SETS, listen_args
     from revproxy.process.master import serve
 
     certs = ensure_dev_certs(DEV_CERTS)
+    token = DEV_CERTS / "admin.token"
+    if not token.exists():
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24) + "\n")
     _setup_logging("info")
-    backends = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "revproxy.demo.backends",
-            "--listen",
-            "lync-fe1=127.0.0.1:4443:tls",
-            "--listen",
-            "lync-fe1=127.0.0.1:8080",
-            "--listen",
-            "mail1=127.0.0.1:4444:tls",
-            "--listen",
-            "mail1=127.0.0.1:8081",
-            "--cert",
-            str(certs.internal_server),
-            "--key",
-            str(certs.internal_server_key),
-        ],
-        start_new_session=True,
-    )
+    backends = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "revproxy.demo.backends",
+                *listen_args(address, lync, mail),
+                "--cert",
+                str(certs.internal_server),
+                "--key",
+                str(certs.internal_server_key),
+            ],
+            start_new_session=True,
+        )
+        for address, lync, mail in SERVER_SETS
+    ]
     cacert = os.path.relpath(certs.public_root)
     print(
         "\nrevproxy demo: try\n"
@@ -100,6 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  curl --resolve mail.demo.test:8443:127.0.0.1 --cacert {cacert}"
         " https://mail.demo.test:8443/owa/\n"
         "  curl -H 'Host: lyncdiscover.demo.test' http://127.0.0.1:8000/\n"
+        "Status page: http://127.0.0.1:9000/  (admin token: "
+        f"{os.path.relpath(token)})\n"
         "Ctrl-C stops it.\n",
         file=sys.stderr,
         flush=True,
@@ -107,25 +128,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         return serve(str(DEMO_CONFIG))
     finally:
-        backends.terminate()
-        try:
-            backends.wait(5)
-        except subprocess.TimeoutExpired:
-            backends.kill()
+        for proc in backends:
+            proc.terminate()
+        for proc in backends:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from revproxy.commands import cert, control, template
+    from revproxy.commands import cert, control, loadtest, template
 
     parser = argparse.ArgumentParser(prog="revproxy", description="HTTPS reverse proxy")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (cert, control, template):
+    for module in (cert, control, loadtest, template):
         module.register(sub)
     run = sub.add_parser("run", help="run the proxy with a configuration file")
     run.add_argument("-c", "--config", required=True, help="TOML configuration file")
+    run.add_argument("--pid-file", help="write the main process id here (for revproxy reload)")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a configuration file and exit")
     check.add_argument("-c", "--config", required=True, help="TOML configuration file")
+    check.add_argument(
+        "--expand", action="store_true", help="print the settings in effect, templates expanded"
+    )
     check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="run the demo: servers, certificates and proxy")
     demo.set_defaults(func=cmd_demo)

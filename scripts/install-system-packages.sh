@@ -6,6 +6,10 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null || need+=(wrk)
+# Headless browser for the status page test.
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+# systemd-analyze checks the unit file in deploy/systemd.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
   echo "missing system packages: ${need[*]} (install them with your package manager;" \

@@ -31,7 +31,7 @@ from revproxy.tls.context import build_pool_context, server_hostname
 
 log = logging.getLogger("revproxy.health")
 
-JITTER = 0.1  # +-10% on every interval; the first check waits up to 10% of one
+JITTER = 0.1  # +-10% on every interval after the first check
 MAX_RESPONSE_HEAD = 16384  # a check response head longer than this fails the check
 CLOSE_WAIT = 1.0  # how long a TLS close may take before the connection is cut
 _STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: [^\r\n]*)?\r?\n")
@@ -393,7 +393,8 @@ class HealthMonitor:
             target = probe_target(pool, server, self._context_for(pool))
         except Exception as exc:  # a CA file that cannot be read, a bad path: fail checks
             setup_error = f"check cannot run: {exc}"
-        await asyncio.sleep(rng.uniform(0, health.interval * JITTER))
+        # The first check runs at once (a new server takes no traffic until it passed);
+        # the jitter below keeps later checks of many servers from running in lockstep.
         while True:
             if target is None:
                 result = ProbeResult(False, setup_error, 0.0)

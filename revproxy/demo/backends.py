@@ -4,7 +4,11 @@ They stand in for Lync front ends and Exchange servers in the demo and in tests.
 This is not the forwarding path, so aiohttp's server is good enough here. Every
 request is answered 200 text/plain with the server's name, the Host header, the
 method, the path and the forwarding headers, plus a few paths that produce the
-traffic shapes tests need (large, echoed, slow, any status).
+traffic shapes tests need (large, echoed, slow, any status) and the Lync/Skype and
+Exchange endpoints the load-test scenarios in loadtest/ use (discovery, meeting pages,
+UCWA and ActiveSync long polls, address-book files, web tickets, an NTLM handshake,
+OWA, EWS, Autodiscover). Long polls are held for at most --hold seconds, or until
+POST /_demo/release; GET /_demo/held says how many are held right now.
 
     python -m revproxy.demo.backends --listen lync-fe1=127.0.0.1:4443:tls \\
         --listen lync-fe1=127.0.0.1:8080 --cert server.pem --key server.key
@@ -14,14 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
+import os
+import random
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 MAX_BIG_BYTES = 2 * 1024**3  # /big streams at most 2 GiB
 MAX_SLOW_MS = 60_000  # /slow waits at most one minute
@@ -30,6 +41,24 @@ _ZEROS = b"x" * CHUNK
 # Status codes whose responses carry no body (RFC 9110 sections 15.3.5 and 15.4.5).
 _NO_BODY = (204, 304)
 _NAME = web.AppKey("name", str)
+DEFAULT_HOLD = 180.0  # seconds a long poll is held at most (UCWA's usual event timeout)
+MAX_HOLD = 3600.0  # ActiveSync heartbeats reach 59 minutes; nothing is held longer
+
+
+@dataclass
+class LongPolls:
+    """Long polls held by one demo server, and the event that answers them all at once."""
+
+    hold: float = DEFAULT_HOLD
+    held: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    # NTLM authenticates a connection (not a request): the state of each one, by transport.
+    ntlm: weakref.WeakKeyDictionary[object, bytes] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
+
+
+_POLLS = web.AppKey("polls", LongPolls)
 
 
 @dataclass
@@ -52,11 +81,19 @@ class Backend:
 
 
 async def start_backend(
-    host: str, port: int, name: str, ssl_context: ssl.SSLContext | None = None
+    host: str,
+    port: int,
+    name: str,
+    ssl_context: ssl.SSLContext | None = None,
+    polls: LongPolls | None = None,
 ) -> Backend:
-    """Start one demo server on host:port (port 0 = any free port) and return it."""
+    """Start one demo server on host:port (port 0 = any free port) and return it.
+
+    Servers started with the same `polls` share their held long polls and release.
+    """
     app = web.Application()
     app[_NAME] = name
+    app[_POLLS] = polls if polls is not None else LongPolls()
     app.router.add_route("*", "/{tail:.*}", _handle)
     # Large heads are part of what the proxy is tested with; let them through here.
     runner = web.AppRunner(
@@ -118,6 +155,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         return web.Response(text="ok", headers=served_by)
     if path == "/big":
         return await _big(request, served_by)
+    scenario = _SCENARIO_ROUTES.get(_route_key(path))
+    if scenario is not None:
+        return await scenario(request, served_by)
     status = 200
     if path == "/slow":
         await asyncio.sleep(_query_int(request, "ms", 1000, 0, MAX_SLOW_MS) / 1000)
@@ -163,6 +203,281 @@ async def _echo(request: web.Request, headers: dict[str, str]) -> web.StreamResp
     return response
 
 
+# --- load-test scenario endpoints ----------------------------------------------------------
+# Shapes (sizes, holds) are assumptions made for load tests, documented in docs/loadtest.md;
+# the paths are those of the published Lync/Skype and Exchange services.
+
+Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
+
+
+def _route_key(path: str) -> str:
+    """The lower-cased path prefix that picks a scenario endpoint ("" when none does)."""
+    lower = path.lower()
+    parts = lower.split("/")
+    if lower.startswith("/meet/") and len(parts) >= 4 and parts[3]:
+        return "/meet/*/*"  # a meeting URL: /meet/<organizer>/<conference id>
+    if lower.startswith("/ucwa/") and lower.endswith("/events"):
+        return "/ucwa/events"
+    if lower.startswith("/ucwa/") and lower.endswith("/applications"):
+        return "/ucwa/applications"
+    if lower.startswith(("/abs/handler/", "/owa/prem/")):
+        return "/".join(parts[:3])
+    return lower
+
+
+def _filler(seed: str, size: int) -> bytes:
+    """`size` printable bytes that depend on `seed`, so a body can be checked if wanted."""
+    block = hashlib.sha256(seed.encode()).hexdigest().encode() * 64  # 4 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+def _json(data: object, headers: dict[str, str], status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(data).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def _hold(request: web.Request, wanted: float) -> bool:
+    """Hold the request up to min(wanted, the server's hold) seconds; True when released."""
+    polls = request.app[_POLLS]
+    release = polls.release
+    polls.held += 1
+    try:
+        async with asyncio.timeout(max(0.0, min(wanted, polls.hold))):
+            await release.wait()
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        polls.held -= 1
+
+
+async def _demo_held(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    return _json({"held": request.app[_POLLS].held}, headers)
+
+
+async def _demo_release(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Answer every held long poll now, like a broadcast event reaching all subscribers."""
+    polls = request.app[_POLLS]
+    count = polls.held
+    polls.release.set()
+    polls.release = asyncio.Event()
+    return _json({"released": count}, headers)
+
+
+async def _lync_discover(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """The discovery document a Lync/Skype client reads first (lyncdiscover.<domain>)."""
+    base = f"https://{request.host}/Autodiscover/AutodiscoverService.svc/root"
+    links = {
+        "self": {"href": base},
+        "user": {"href": f"{base}/oauth/user"},
+        "xframe": {"href": f"https://{request.host}/Autodiscover/XFrame/XFrame.html"},
+    }
+    return _json({"_links": links, "AccessLocation": "External"}, headers)
+
+
+async def _meeting_page(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """A meeting join page: HTML with inline script, about 12 KiB."""
+    title = request.path.rsplit("/", 1)[-1]
+    head = f"<!DOCTYPE html><html><head><title>Join meeting {title}</title><script>\n"
+    tail = "\n</script></head><body><div id='join'>Joining...</div></body></html>\n"
+    body = head.encode() + _filler(request.path, 12 * 1024) + tail.encode()
+    return web.Response(body=body, content_type="text/html", headers=headers)
+
+
+async def _ucwa_application(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Create a UCWA application: the client gets its own resource, events link included."""
+    app_id = hashlib.sha1(os.urandom(8)).hexdigest()[:16]
+    base = request.path.rstrip("/") + f"/{app_id}"
+    links = {"self": {"href": base}, "events": {"href": f"{base}/events?ack=1"}}
+    return _json({"id": app_id, "_links": links}, headers, status=201)
+
+
+async def _ucwa_events(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """The UCWA event channel: held until something happens or `timeout` seconds pass."""
+    wanted = _query_int(request, "timeout", 180, 0, int(MAX_HOLD))
+    released = await _hold(request, wanted)
+    ack = _query_int(request, "ack", 1, 0, 2**31)
+    events = [{"link": {"rel": "communication"}, "type": "updated"}] if released else []
+    data = {"_links": {"next": {"href": f"{request.path}?ack={ack + 1}"}}, "sender": events}
+    return _json(data, headers)
+
+
+_ABS_SIZES = {"f-": 1024 * 1024, "d-": 24 * 1024}  # full file / daily delta (assumed sizes)
+
+
+async def _address_book(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Address-book files: full (F-xxxx.lsabs) and delta (D-xxxx-yyyy.lsabs) downloads."""
+    name = request.path.rsplit("/", 1)[-1].lower()
+    size = _ABS_SIZES.get(name[:2], 64 * 1024)
+    size = _query_int(request, "bytes", size, 0, 64 * 1024 * 1024)
+    return web.Response(
+        body=_filler(name, size), content_type="application/octet-stream", headers=headers
+    )
+
+
+async def _web_ticket(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """A web ticket: the SOAP service answers XML, the OAuth endpoint JSON."""
+    token = base64.b64encode(_filler(str(random.random()), 900)).decode()
+    if request.path.lower().startswith("/webticket/oauthtoken"):
+        return _json({"access_token": token, "token_type": "Bearer", "expires_in": 28800}, headers)
+    xml = (
+        '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope"><s:Body>'
+        f"<IssueTokenResponse><Token>{token}</Token></IssueTokenResponse></s:Body></s:Envelope>"
+    )
+    return web.Response(text=xml, content_type="application/soap+xml", headers=headers)
+
+
+NTLM_SIGNATURE = b"NTLMSSP\x00"
+
+
+def ntlm_message_type(header: str) -> tuple[int, bytes]:
+    """(message type, raw message) of an "NTLM <base64>" Authorization value; (0, b"") if none."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() not in ("ntlm", "negotiate"):
+        return 0, b""
+    try:
+        raw = base64.b64decode(token.strip(), validate=True)
+    except ValueError:
+        return 0, b""
+    if len(raw) < 12 or not raw.startswith(NTLM_SIGNATURE):
+        return 0, b""
+    return int.from_bytes(raw[8:12], "little"), raw
+
+
+async def _ntlm(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """NTLM as IIS does it: negotiate, challenge, authenticate, all on one connection.
+
+    The challenge is remembered for this TCP connection only, so an authenticate message
+    that arrives on another connection (a proxy that did not keep the client's server
+    connection) is refused, as a real server would.
+    """
+    states = request.app[_POLLS].ntlm
+    transport = request.transport
+    state = states.get(transport, b"") if transport is not None else b""
+    kind, raw = ntlm_message_type(request.headers.get("Authorization", ""))
+    if state == b"ok" or (kind == 3 and state and state in raw):
+        if transport is not None:
+            states[transport] = b"ok"  # the connection is authenticated from now on
+        return web.Response(text=f"authenticated: {request.path}\n", headers=headers)
+    challenge = ""
+    if kind == 1 and transport is not None:
+        nonce = os.urandom(8)
+        states[transport] = nonce
+        challenge = (
+            " "
+            + base64.b64encode(
+                NTLM_SIGNATURE + (2).to_bytes(4, "little") + bytes(12) + nonce + bytes(8)
+            ).decode()
+        )
+    # IIS offers each scheme in a header of its own; a challenge is for NTLM only.
+    offers = [] if challenge else [("WWW-Authenticate", "Negotiate")]
+    auth = CIMultiDict([*offers, ("WWW-Authenticate", f"NTLM{challenge}"), *headers.items()])
+    return web.Response(status=401, text="401 - Unauthorized\n", headers=auth)
+
+
+async def _owa_logon(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Forms-based OWA logon: a session cookie and a redirect to the mailbox."""
+    response = web.Response(status=302, headers={"Location": "/owa/", **headers})
+    response.set_cookie("cadata", hashlib.sha1(os.urandom(8)).hexdigest(), secure=True)
+    return response
+
+
+_OWA_SIZES = {".js": 300 * 1024, ".css": 60 * 1024}  # OWA's script and style bundles (assumed)
+
+
+async def _owa_resource(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """OWA's static resources: cacheable, answered 304 when the client has them."""
+    etag = '"' + hashlib.sha1(request.path.encode()).hexdigest()[:16] + '"'
+    cache = {"ETag": etag, "Cache-Control": "public, max-age=86400", **headers}
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304, headers=cache)
+    size = _OWA_SIZES.get(os.path.splitext(request.path)[1].lower(), 8 * 1024)
+    kind = {".js": "application/javascript", ".css": "text/css"}
+    content_type = kind.get(os.path.splitext(request.path)[1].lower(), "image/png")
+    return web.Response(body=_filler(request.path, size), content_type=content_type, headers=cache)
+
+
+async def _owa_service(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    action = request.query.get("action", "")
+    items = [
+        {"ItemId": f"{action}-{i}", "Subject": _filler(str(i), 60).decode()} for i in range(40)
+    ]
+    return _json({"Body": {"ResponseClass": "Success", "Items": items}}, headers)
+
+
+async def _ews(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """Exchange Web Services: a SOAP answer of about 8 KiB."""
+    items = "".join(
+        f"<t:Message><t:ItemId Id='{i}'/><t:Subject>{_filler(str(i), 150).decode()}</t:Subject>"
+        "</t:Message>"
+        for i in range(40)
+    )
+    xml = (
+        '<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
+        f"<m:FindItemResponse><m:Items>{items}</m:Items></m:FindItemResponse></s:Body></s:Envelope>"
+    )
+    return web.Response(text=xml, content_type="text/xml", headers=headers)
+
+
+async def _activesync(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """ActiveSync: OPTIONS says what is supported; Ping is held like Direct Push."""
+    versions = {"MS-ASProtocolVersions": "12.1,14.0,14.1,16.0", **headers}
+    if request.method == "OPTIONS":
+        return web.Response(headers={"MS-ASProtocolCommands": "Sync,FolderSync,Ping", **versions})
+    command = request.query.get("Cmd", "")
+    if command == "Ping":
+        wanted = _query_int(request, "timeout", int(MAX_HOLD), 0, int(MAX_HOLD))
+        released = await _hold(request, wanted)
+        # Status 2: something changed (the device syncs next); 1: the heartbeat expired.
+        status = 2 if released or random.random() < 0.2 else 1
+        return web.Response(
+            body=f"<Ping><Status>{status}</Status></Ping>".encode(),
+            content_type="application/vnd.ms-sync.wbxml",
+            headers=versions,
+        )
+    size = 2 * 1024 if command in ("Sync", "FolderSync") else 256
+    return web.Response(
+        body=_filler(command, size), content_type="application/vnd.ms-sync.wbxml", headers=versions
+    )
+
+
+async def _exchange_autodiscover(
+    request: web.Request, headers: dict[str, str]
+) -> web.StreamResponse:
+    xml = (
+        "<?xml version='1.0' encoding='utf-8'?><Autodiscover><Response><Account>"
+        f"<Protocol><Type>EXCH</Type><Server>{request.host}</Server>"
+        f"<EwsUrl>https://{request.host}/EWS/Exchange.asmx</EwsUrl></Protocol>"
+        f"<Padding>{_filler('ad', 1500).decode()}</Padding>"
+        "</Account></Response></Autodiscover>"
+    )
+    return web.Response(text=xml, content_type="text/xml", headers=headers)
+
+
+_SCENARIO_ROUTES: dict[str, Handler] = {
+    "/_demo/held": _demo_held,
+    "/_demo/release": _demo_release,
+    "/autodiscover/autodiscoverservice.svc/root": _lync_discover,
+    "/meet/*/*": _meeting_page,
+    "/ucwa/applications": _ucwa_application,
+    "/ucwa/events": _ucwa_events,
+    "/abs/handler": _address_book,
+    "/webticket/oauthtoken": _web_ticket,
+    "/webticket/webticketservice.svc": _web_ticket,
+    "/webticket/webticketservice.svc/auth": _ntlm,
+    "/owa/auth.owa": _owa_logon,
+    "/owa/prem": _owa_resource,
+    "/owa/service.svc": _owa_service,
+    "/ews/exchange.asmx": _ews,
+    "/microsoft-server-activesync": _activesync,
+    "/autodiscover/autodiscover.xml": _exchange_autodiscover,
+}
+
+
 # --- command line ------------------------------------------------------------------------
 
 
@@ -197,8 +512,11 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-async def serve(specs: Sequence[ListenSpec], tls: ssl.SSLContext | None) -> None:
+async def serve(
+    specs: Sequence[ListenSpec], tls: ssl.SSLContext | None, hold: float = DEFAULT_HOLD
+) -> None:
     """Run the servers until SIGTERM or SIGINT; print one line per listener when ready."""
+    polls = LongPolls(hold=hold)  # one release for every listener of this process
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -207,7 +525,7 @@ async def serve(specs: Sequence[ListenSpec], tls: ssl.SSLContext | None) -> None
     try:
         for spec in specs:
             backend = await start_backend(
-                spec.host, spec.port, spec.name, tls if spec.tls else None
+                spec.host, spec.port, spec.name, tls if spec.tls else None, polls
             )
             backends.append(backend)
             print(f"{spec.name} listening on {backend.url}", flush=True)
@@ -232,7 +550,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cert", help="PEM certificate (with chain) for the TLS listeners")
     parser.add_argument("--key", help="PEM private key for the TLS listeners")
+    parser.add_argument(
+        "--hold",
+        type=float,
+        default=DEFAULT_HOLD,
+        metavar="SECONDS",
+        help=f"hold long polls (UCWA events, ActiveSync Ping) at most this long"
+        f" (default {DEFAULT_HOLD:g}, at most {MAX_HOLD:g})",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.hold <= MAX_HOLD:
+        parser.error(f"--hold must be from 0 to {MAX_HOLD:g} seconds")
     try:
         specs = [parse_listen(text) for text in args.listen]
     except ValueError as exc:
@@ -247,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"cannot load {args.cert} / {args.key}: {exc}", file=sys.stderr)
             return 1
     try:
-        asyncio.run(serve(specs, tls))
+        asyncio.run(serve(specs, tls, args.hold))
     except OSError as exc:
         print(f"cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -94,9 +94,16 @@ class SharedState:
 
 
 def config_server_state(config: Config) -> ServerState:
-    """Server state as the configuration alone says: every server up, admin state as set."""
+    """Server state as the configuration alone says: up unless active checks must pass first
+    (health start_down), admin state as set."""
     return {
-        pool.name: {s.address: {"up": True, "admin": s.state} for s in pool.servers}
+        pool.name: {
+            s.address: {
+                "up": pool.health.type == "none" or not pool.health.start_down,
+                "admin": s.state,
+            }
+            for s in pool.servers
+        }
         for pool in config.pools
     }
 

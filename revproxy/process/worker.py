@@ -35,6 +35,7 @@ from revproxy.proxy.stats import WorkerStats
 log = logging.getLogger("revproxy.worker")
 
 TICK = 1.0  # seconds between housekeeping rounds (idle server connections, parent alive)
+STATE_POLL = 0.1  # seconds between looks at the server state the control process publishes
 
 
 @dataclass
@@ -202,6 +203,15 @@ async def _serve_with(
     loop.add_signal_handler(signal.SIGQUIT, retire)
     log.debug("worker %d serving", os.getpid())
 
+    async def follow_state() -> None:
+        # A version number in shared memory: looking is cheap, so a health or admin
+        # change reaches every worker within a tenth of a second.
+        while True:
+            await asyncio.sleep(STATE_POLL)
+            apply_shared_state(runtime, links.shared, initial=False)
+
+    follower = loop.create_task(follow_state()) if links.shared is not None else None
+
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), TICK)
@@ -231,6 +241,8 @@ async def _serve_with(
             next_report = loop.time() + TICK
             apply_shared_state(runtime, links.shared, initial=False)
             reporter.report(runtime, loop, final=False)
+    if follower is not None:
+        follower.cancel()
     if registry:
         log.warning("grace period over: closing %d connections", len(registry))
         for conn in list(registry):

@@ -20,6 +20,7 @@ import logging
 import ssl
 from typing import cast
 
+from revproxy.balance.persistence import cookie_from_request, decide
 from revproxy.balance.pool import Server
 from revproxy.http.chunked import ChunkedReader, ChunkError
 from revproxy.http.errors import HttpError, ProtocolError, error_response
@@ -37,6 +38,7 @@ from revproxy.http.head import (
 from revproxy.http.rules import Answer, BodyReplacer, ResponseEdits
 from revproxy.proxy.runtime import Listener, Service
 from revproxy.proxy.upstream import WRITE_HIGH, WRITE_LOW, ServerConnection
+from revproxy.tls.context import served_names_of, sni_host_mismatch, sni_of
 
 log = logging.getLogger("revproxy.proxy")
 
@@ -103,6 +105,13 @@ class ClientConnection(asyncio.Protocol):
         self._dechunk = False
         self._pinned: ServerConnection | None = None
         self._trusts: dict[str, bool] = {}
+        # Persistence: the Set-Cookie of the response in progress, the cookie value this
+        # connection was already given.
+        self._set_cookie: bytes | None = None
+        self._conn_cookie: str | None = None
+        # TLS: the name the client asked for and the names of the certificate it got.
+        self._sni: str | None = None
+        self._cert_names: tuple[str, ...] = ()
         # Content rules of the exchange in progress.
         self._edits: ResponseEdits | None = None
         self._replacer: BodyReplacer | None = None
@@ -124,6 +133,10 @@ class ClientConnection(asyncio.Protocol):
             self._ip = self._ip_str.encode()
         self._registry.add(self)
         self._stats.connection_opened(self._listener.name)
+        if self._listener.sni_reject:
+            ssl_object = transport.get_extra_info("ssl_object")
+            self._sni = sni_of(ssl_object)
+            self._cert_names = served_names_of(ssl_object)
         self._active = self._loop.time()
         self._arm(self._listener.t_header)
 
@@ -237,6 +250,9 @@ class ClientConnection(asyncio.Protocol):
         svc, host_known = self._listener.router.route(req.host, path)
         if svc is None:
             raise HttpError(404 if host_known else 421, "no service for this request")
+        if self._sni is not None and sni_host_mismatch(self._sni, req.host, self._cert_names):
+            # RFC 9110 §7.4: the certificate this connection got does not cover this host.
+            raise HttpError(421, "Host is not covered by the connection's certificate")
         return svc
 
     def _start(self, req: Request, svc: Service) -> None:
@@ -257,6 +273,7 @@ class ClientConnection(asyncio.Protocol):
             trusted = self._trusts[svc.name] = svc.trusts(self._ip_str)
         self._edits = None
         self._replacer = None
+        self._set_cookie = None
         if svc.rules:
             action = svc.rules.on_request(req.method, req.host, req.target, req.header)
             if action.answer is not None:
@@ -370,7 +387,7 @@ class ClientConnection(asyncio.Protocol):
                 return True
             if pinned.closed:
                 self._pinned = None
-        server = svc.pool.choose(self._tried)
+        server = self._pick(svc)
         if server is None:
             self._fail(503, extra=_RETRY_AFTER)
             return False
@@ -385,6 +402,27 @@ class ClientConnection(asyncio.Protocol):
             self._pending_size = len(head)
             self._connect()
         return True
+
+    def _pick(self, svc: Service) -> Server | None:
+        """The server for this request: persistence first, then the pool's balancing."""
+        pool = svc.pool
+        if not svc.persistence:
+            return pool.choose(self._tried, self._ip_str)
+        cookie = None
+        name = svc.cookie_name
+        if name:
+            req = self._req
+            assert req is not None
+            values = [value for lname, value, _ in req.headers if lname == b"cookie"]
+            cookie = cookie_from_request(values, name) if values else None
+        decision = decide(
+            pool, self._ip_str, cookie, self._loop.time(), self._tried, self._conn_cookie
+        )
+        server = decision.server
+        if decision.set_cookie is not None and server is not None:
+            self._set_cookie = b"Set-Cookie: %s\r\n" % decision.set_cookie
+            self._conn_cookie = server.cookie
+        return server
 
     def _attach(self, conn: ServerConnection) -> None:
         conn.owner = self
@@ -440,7 +478,7 @@ class ClientConnection(asyncio.Protocol):
         self._tried.append(server)
         self._stats.server_failed(svc.pool.name, server.name, "timeout" if timeout else "connect")
         if len(self._tried) <= svc.retries and self._loop.time() - self._t0 < svc.retry_window:
-            nxt = svc.pool.choose(self._tried)
+            nxt = self._pick(svc)
             if nxt is not None:
                 self._stats.retried(svc.pool.name, nxt.name)
                 self._server = nxt
@@ -571,6 +609,8 @@ class ClientConnection(asyncio.Protocol):
                 if req.http11:
                     extra = b"Transfer-Encoding: chunked\r\n"
         self._dechunk = dechunk
+        if self._set_cookie is not None:
+            extra += self._set_cookie
         if resp.body == UNTIL_CLOSE or (dechunk and not extra) or not self._req_done:
             self._close_after = True
         elif self._draining:

@@ -52,6 +52,8 @@ class Service:
         "max_body",
         "passive_statuses",
         "rules",
+        "persistence",
+        "cookie_name",
     )
 
     def __init__(
@@ -94,6 +96,9 @@ class Service:
         self.max_body = lim.max_body_bytes
         self.passive_statuses = frozenset(pool.config.health.passive_statuses)
         self.rules = service_rules(config)  # falsy when the service has none
+        persistence = pool.config.persistence
+        self.persistence = persistence.type != "none"
+        self.cookie_name = persistence.cookie_name if persistence.type == "cookie" else ""
 
     def trusts(self, ip: str) -> bool:
         if not self.trusted:
@@ -120,6 +125,7 @@ class Listener:
         "max_header_count",
         "stats",
         "new_request_id",
+        "sni_reject",
     )
 
     def __init__(
@@ -138,6 +144,7 @@ class Listener:
             build_listener_context(config) if config.tls else None
         )
         self.scheme = b"https" if config.tls else b"http"
+        self.sni_reject = config.tls and config.sni_mismatch == "reject"
         # Until the head is parsed the service is unknown: the most generous one applies,
         # and the chosen service's own limits are checked once it is known.
         self.t_header = max((s.t_header for s in services), default=10.0)

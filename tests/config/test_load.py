@@ -488,17 +488,23 @@ def test_demo_example_loads() -> None:
     ]
     certs = EXAMPLES.parents[1] / "certs" / "dev"
     https = config.listeners[0]
+    # The meet certificate is a .pfx with a password file and a DER intermediate, as an
+    # administrator brings them; the mail one plain PEM files.
     assert [c.cert for c in https.certificates] == [
-        certs / "public" / "meet.pem",
+        certs / "public" / "meet.pfx",
         certs / "public" / "mail.pem",
     ]
-    assert https.certificates[0].chain == (certs / "public" / "intermediate.pem",)
+    assert https.certificates[0].password_file == certs / "public" / "meet.pfx.password"
+    assert https.certificates[0].chain == (certs / "public" / "intermediate.der",)
+    assert https.certificates[1].chain == (certs / "public" / "intermediate.pem",)
     assert {p.name: [s.address for s in p.servers] for p in config.pools} == {
-        "lync-https": ["127.0.0.1:4443"],
-        "lync-http": ["127.0.0.1:8080"],
-        "exchange-https": ["127.0.0.1:4444"],
-        "exchange-http": ["127.0.0.1:8081"],
+        "lync-https": ["127.0.0.11:4443", "127.0.0.12:4443"],
+        "lync-http": ["127.0.0.11:8080", "127.0.0.12:8080"],
+        "exchange-https": ["127.0.0.11:4444", "127.0.0.12:4444"],
+        "exchange-http": ["127.0.0.11:8081", "127.0.0.12:8081"],
     }
+    assert {p.health.type for p in config.pools} == {"http", "https"}
+    assert config.admin.enabled and (config.admin.host, config.admin.port) == ("127.0.0.1", 9000)
     assert config.pool("lync-https").ca == certs / "internal" / "ca.pem"
     assert config.pool("lync-https").tls and config.pool("exchange-https").tls
     by_name = {s.name: s for s in config.services}

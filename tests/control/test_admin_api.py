@@ -203,7 +203,8 @@ def test_health_checks_show_up_and_down(tmp_path: Path) -> None:
 
     alive = ScriptedServer(_named("a")).start()
     dead = dead_port()
-    pool = '[pools.p.health]\ntype = "tcp"\ninterval = 0.3\ntimeout = 0.2\nfall = 1\nrise = 1\n'
+    # A generous timeout: on a loaded machine a 0.2 s connect check can fail for the live one.
+    pool = '[pools.p.health]\ntype = "tcp"\ninterval = 1\ntimeout = 0.9\nfall = 1\nrise = 1\n'
     config = simple_config(0, servers=[alive.port, dead], pool_extra=pool) + (
         '\n[admin]\nbind = "127.0.0.1:0"\n'
     )
@@ -223,10 +224,12 @@ def test_health_checks_show_up_and_down(tmp_path: Path) -> None:
         assert "passed" in page and "failed" in page
         metrics = http_call(admin + "/metrics")[1].decode()
         assert f'revproxy_server_up{{pool="p",server="127.0.0.1:{dead}"}} 0.0' in metrics
-        # Every worker sends requests only to the server that is up.
+        # Workers learn the published state within a second; from then on every request
+        # goes to the server that is up.
         port = proxy.port("plain")
         raw = b"GET / HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"
-        assert {exchange(port, raw)[2] for _ in range(6)} == {b"a"}
+        wait_for(lambda: exchange(port, raw)[2] == b"a", 2, "the worker to apply the state")
+        assert {exchange(port, raw)[2] for _ in range(6)} == {b"a"}, proxy.log()
     finally:
         assert proxy.stop() == 0
         alive.stop()

@@ -205,7 +205,13 @@ def test_configmap_config_passes_check_with_the_secret_files(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     # The one expected warning: the admin server is on the pod address for the probes.
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    # (The development certificates used here name demo.test hosts, not the ConfigMap's
+    # contoso.com ones, so the certificate-coverage warnings are left out.)
+    warnings = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("warning") and "is covered by no certificate" not in line
+    ]
     assert len(warnings) == 1 and "admin" in warnings[0], result.stderr
 
 

@@ -1,0 +1,319 @@
+"""A broadcast-sized run: N clients hold long polls through one proxy, then all are answered.
+
+    python -m loadtest.broadcast --clients 10000        (make loadtest-broadcast)
+
+Like a UCWA event channel or ActiveSync Direct Push at the scale of a large
+audience: every client opens a TLS connection to the proxy and sends one long-poll
+GET, which the proxy forwards (re-encrypted) to the demo servers, which hold it.
+When all N are held the proxy's memory is measured; then the servers answer every
+poll at once (POST /_demo/release, the "broadcast") and each client checks its
+answer. The result: errors (target 0) and the proxy's memory per held connection,
+(RSS of all its processes while held - RSS before) / N (target under 20 KiB).
+
+File descriptors decide the process layout. Each process may hold RLIMIT_NOFILE fds
+(20,000 on the reference machine). A proxied connection costs the proxy worker two
+(client side and server side), so 10,000 connections need at least two workers
+(about 10,000 fds each: SO_REUSEPORT spreads connections evenly); the clients and
+the demo servers cost one per connection, so they are split likewise. The layout is
+computed from the limit and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from loadtest.demo import DOMAIN, REPO, Demo, start_demo, stop_process, workers_for
+from loadtest.procstat import process_tree, tree_usage
+
+EVENTS = "/ucwa/oauth/v1/applications/broadcast/events"
+
+
+class ClientProcess:
+    """One broadcast_client process; its latest JSON line is kept as `state`."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.state: dict[str, Any] = {}
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.broadcast_client", *args],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.state = json.loads(line)
+            except ValueError:
+                self.log.write(line)
+
+    def done(self) -> bool:
+        return bool(self.state.get("done"))
+
+    def stop(self) -> None:
+        stop_process(self.proc, 10)
+        self._reader.join(5)
+        self.log.close()
+
+
+def _get_json(url: str, method: str = "GET") -> dict[str, Any]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+        return dict(json.loads(response.read()))
+
+
+def _backend_urls(demo: Demo) -> list[str]:
+    # The plain listener that plays lync-fe1's port 8080, one per server process.
+    return [f"http://127.0.0.1:{ports[8080]}" for ports in demo.backend_ports]
+
+
+def held(demo: Demo) -> int:
+    return sum(int(_get_json(f"{url}/_demo/held")["held"]) for url in _backend_urls(demo))
+
+
+def proxy_memory(pid: int, samples: int = 3, gap: float = 1.0) -> tuple[int, int]:
+    """Median RSS (bytes) and fds of the proxy's processes over a few samples."""
+    rss, fds = [], []
+    for i in range(samples):
+        usage = tree_usage(pid)
+        rss.append(usage.rss_bytes)
+        fds.append(usage.fds)
+        if i + 1 < samples:
+            time.sleep(gap)
+    return int(median(rss)), int(median(fds))
+
+
+def per_process(pid: int) -> list[tuple[int, int, int]]:
+    """(pid, RSS bytes, fds) of each proxy process."""
+    out = []
+    for member in process_tree(pid):
+        usage = tree_usage(member, children=False)
+        out.append((member, usage.rss_bytes, usage.fds))
+    return out
+
+
+def _clients(
+    demo: Demo,
+    args: argparse.Namespace,
+    processes: int,
+    path: str,
+    count: int,
+    rate: float,
+    results: Path,
+    tag: str,
+) -> list[ClientProcess]:
+    port = demo.ports["http" if args.plain else "https"]
+    clients = []
+    for i in range(processes):
+        share = count // processes + (1 if i < count % processes else 0)
+        client_args = [
+            "--connect", f"127.0.0.1:{port}",
+            "--name", f"meet.{DOMAIN}",
+            "--ca", str(demo.ca),
+            "--path", path,
+            "--count", str(share),
+            "--rate", str(rate / processes),
+            "--deadline", str(args.deadline),
+        ]  # fmt: skip
+        if args.plain:
+            client_args.append("--plain")
+        clients.append(ClientProcess(client_args, results / f"client-{tag}-{i}.log"))
+    return clients
+
+
+def _totals(clients: list[ClientProcess]) -> tuple[int, int, Counter[str]]:
+    errors: Counter[str] = Counter()
+    connected = answered = 0
+    for client in clients:
+        connected += int(client.state.get("connected", 0))
+        answered += int(client.state.get("answered", 0))
+        errors.update(client.state.get("errors", {}))
+    return connected, answered, errors
+
+
+def run(args: argparse.Namespace) -> int:
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    n = args.clients
+    proxy_workers = args.proxy_workers or max(2, workers_for(n, limit, 2))
+    client_processes = args.client_processes or max(1, math.ceil(n / 2500))
+    backend_processes = args.backend_processes or max(1, workers_for(n, limit, 1))
+    results = Path(
+        args.results
+        or REPO / "loadtest" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-broadcast-{n}"
+    )
+    results.mkdir(parents=True, exist_ok=True)
+    print(
+        f"broadcast: {n} {'plain HTTP' if args.plain else 'TLS'} long polls; fd limit {limit} "
+        f"per process; a proxied connection holds 2 fds in its worker, so {proxy_workers} proxy "
+        f"workers (~{2 * n // proxy_workers} fds each); {client_processes} client processes "
+        f"(~{n // client_processes} connections each); {backend_processes} demo server "
+        f"processes; results in {results}",
+        flush=True,
+    )
+    hold = args.deadline + 60  # the servers answer by themselves if nobody releases them
+    demo = start_demo(
+        results / "demo", hold=hold, workers=proxy_workers, backend_processes=backend_processes
+    )
+    clients: list[ClientProcess] = []
+    summary: dict[str, Any] = {
+        "clients": n,
+        "tls": not args.plain,
+        "fd_limit": limit,
+        "proxy_workers": proxy_workers,
+        "client_processes": client_processes,
+        "backend_processes": backend_processes,
+    }
+    try:
+        pid = demo.proxy.pid
+        # Warm-up: every worker builds its TLS contexts and server connections first.
+        warm = _clients(
+            demo, args, 1, f"{EVENTS}?ack=1&timeout=0", 20 * proxy_workers, 50.0, results, "warmup"
+        )
+        _wait(lambda: all(c.done() for c in warm), 60, "the warm-up")
+        warm_errors = _totals(warm)[2]
+        for client in warm:
+            client.stop()
+        if warm_errors:
+            raise RuntimeError(f"the warm-up failed: {dict(warm_errors)} (see {results})")
+        time.sleep(1.0)
+        base_rss, base_fds = proxy_memory(pid)
+        print(f"proxy before: RSS {base_rss / 2**20:.1f} MiB, {base_fds} fds", flush=True)
+
+        started = time.monotonic()
+        clients = _clients(
+            demo,
+            args,
+            client_processes,
+            f"{EVENTS}?ack=1&timeout={hold:.0f}",
+            n,
+            args.rate,
+            results,
+            "poll",
+        )
+        ramp_deadline = started + args.deadline - 30
+        holding = 0
+        while time.monotonic() < ramp_deadline:
+            holding = held(demo)
+            connected, _, errors = _totals(clients)
+            usage = tree_usage(pid)
+            print(
+                f"[{time.monotonic() - started:5.0f} s] connected {connected:>6}  held "
+                f"{holding:>6}  errors {sum(errors.values()):>4}  proxy RSS "
+                f"{usage.rss_bytes / 2**20:7.1f} MiB  fds {usage.fds:>6}",
+                flush=True,
+            )
+            if holding >= n or sum(errors.values()) + holding >= n:
+                break
+            time.sleep(2.0)
+        ramp_seconds = time.monotonic() - started
+        time.sleep(args.settle)
+        held_rss, held_fds = proxy_memory(pid)
+        holding = held(demo)
+        workers = per_process(pid)
+        per_conn = (held_rss - base_rss) / max(1, holding)
+        print(
+            f"proxy while {holding} held: RSS {held_rss / 2**20:.1f} MiB, {held_fds} fds; "
+            f"{per_conn / 1024:.1f} KiB per held connection",
+            flush=True,
+        )
+
+        released_at = time.time()
+        released = sum(
+            int(_get_json(f"{u}/_demo/release", "POST")["released"]) for u in _backend_urls(demo)
+        )
+        _wait(lambda: all(c.done() for c in clients), 60, "every client's answer")
+        connected, answered, errors = _totals(clients)
+        last = max((float(c.state.get("last_answer") or 0) for c in clients), default=0.0)
+        summary.update(
+            connected=connected,
+            held=holding,
+            released=released,
+            answered=answered,
+            errors=dict(errors),
+            warmup_errors=dict(warm_errors),
+            ramp_seconds=round(ramp_seconds, 1),
+            delivery_seconds=round(max(0.0, last - released_at), 2),
+            proxy_rss_before=base_rss,
+            proxy_rss_held=held_rss,
+            proxy_fds_before=base_fds,
+            proxy_fds_held=held_fds,
+            bytes_per_connection=round(per_conn),
+            kib_per_connection=round(per_conn / 1024, 2),
+            processes=[{"pid": p, "rss": r, "fds": f} for p, r, f in workers],
+        )
+    finally:
+        for client in clients:
+            client.stop()
+        demo.stop()
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    errors_total = sum(summary.get("errors", {}).values()) + sum(
+        summary.get("warmup_errors", {}).values()
+    )
+    ok = (
+        errors_total == 0
+        and summary.get("answered") == n
+        and summary.get("kib_per_connection", 1e9) <= args.max_kib
+    )
+    print(
+        f"\nclients {n}: held {summary.get('held')}, answered {summary.get('answered')}, "
+        f"errors {errors_total} {summary.get('errors') or ''}\n"
+        f"ramp {summary.get('ramp_seconds')} s; broadcast answered everyone in "
+        f"{summary.get('delivery_seconds')} s\n"
+        f"proxy RSS {base_rss / 2**20:.1f} -> {held_rss / 2**20:.1f} MiB over "
+        f"{len(workers)} processes: {summary.get('kib_per_connection')} KiB per held "
+        f"{'TLS ' if not args.plain else ''}connection (target {args.max_kib:g} KiB)\n"
+        + "\n".join(f"  pid {p}: RSS {r / 2**20:.1f} MiB, {f} fds" for p, r, f in workers)
+        + f"\n{'PASS' if ok else 'FAIL'}; details in {results / 'summary.json'}",
+        flush=True,
+    )
+    return 0 if ok else 1
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            print(f"timed out after {timeout:g} s waiting for {what}", file=sys.stderr)
+            return
+        time.sleep(0.2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.broadcast", description=__doc__)
+    parser.add_argument("--clients", type=int, default=10_000, help="held long polls")
+    parser.add_argument("--rate", type=float, default=500.0, help="new connections per second")
+    parser.add_argument("--proxy-workers", type=int, default=0, help="0 = from the fd limit")
+    parser.add_argument("--client-processes", type=int, default=0, help="0 = one per 2,500")
+    parser.add_argument("--backend-processes", type=int, default=0, help="0 = from the fd limit")
+    parser.add_argument("--plain", action="store_true", help="plain HTTP on both sides")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--deadline", type=float, default=240.0, help="seconds for the run")
+    parser.add_argument("--max-kib", type=float, default=20.0, help="KiB per held connection")
+    parser.add_argument("--results", default="", help="folder (default loadtest/results/...)")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.rate <= 0:
+        parser.error("--clients and --rate must be positive")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
