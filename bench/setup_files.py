@@ -200,7 +200,11 @@ def revproxy_toml(
 # revproxy configuration written by bench/run.py; mirrors the nginx proxy's.
 [global]
 workers = {workers}
-log_level = "warning"  # no per-request logging, like nginx's access_log off
+log_level = "warning"
+
+# No per-request logging, like nginx's access_log off.
+[access_log]
+enabled = false
 
 [listeners.plain]
 bind = "127.0.0.1:{plain_port}"

@@ -244,7 +244,7 @@ class GlobalConfig:
     shutdown_grace: float = 30.0  # in-flight requests may finish within this on stop
     # On reload, old workers keep serving what they have (long polls, WebSockets) this long.
     reload_grace: float = 3600.0
-    max_connections: int = 10000  # per worker; beyond this, new connections wait in the backlog
+    max_connections: int = 10000  # per worker; a connection beyond this is closed at once
 
 
 @dataclass(frozen=True, slots=True)

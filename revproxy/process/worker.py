@@ -172,7 +172,10 @@ async def _serve_with(
     for listener in runtime.listeners.values():
 
         def factory(listener=listener) -> ClientConnection:  # type: ignore[no-untyped-def]
-            return ClientConnection(listener, registry)
+            conn = ClientConnection(listener, registry)
+            if listener.ssl_context is not None:
+                listener.handshaking[conn] = loop.time()
+            return conn
 
         server = await loop.create_server(
             factory,

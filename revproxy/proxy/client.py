@@ -49,6 +49,7 @@ _P_UPSTREAM = 1  # the server connection's write buffer is full
 _P_PIPELINE = 2  # pipelined bytes are waiting for the current exchange
 _P_PENDING = 4  # request bytes are waiting for a server connection to open
 
+RATE_WINDOW = 10.0  # seconds over which client_body_min_rate is averaged
 DRAIN_LINGER = 1.0  # seconds an idle keep-alive connection stays open once draining
 REPLAY_LIMIT = 64 * 1024  # request bytes kept to resend on a fresh connection
 PENDING_LIMIT = 256 * 1024
@@ -87,6 +88,8 @@ class ClientConnection(asyncio.Protocol):
         self._req_left = 0
         self._req_chunks: ChunkedReader | None = None
         self._req_bytes = 0
+        self._rate_at = 0.0  # start of the current minimum-rate window, and bytes then
+        self._rate_bytes = 0
         self._server: Server | None = None
         self._tried: list[Server] = []
         self._up: ServerConnection | None = None
@@ -126,6 +129,13 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
+        listener = self._listener
+        listener.handshaking.pop(self, None)
+        if len(self._registry) >= listener.max_connections:
+            # Over the per-worker limit: refuse at once rather than hold it unanswered.
+            listener.refuse(transport)
+            self._phase = _CLOSED
+            return
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         if peer:
@@ -267,6 +277,9 @@ class ClientConnection(asyncio.Protocol):
         self._req_left = req.content_length
         self._req_chunks = ChunkedReader() if body == CHUNKED else None
         self._req_bytes = 0
+        if svc.min_rate and body != NO_BODY:
+            self._rate_at, self._rate_bytes = self._loop.time(), 0
+            self._arm(RATE_WINDOW)
         self._close_after = self._close_after or not req.keep_alive or self._draining
         trusted = self._trusts.get(svc.name)
         if trusted is None:
@@ -889,6 +902,27 @@ class ClientConnection(asyncio.Protocol):
                 self._progress = size
                 self._active = now
         deadline = self._active + self._phase_timeout()
+        svc = self._svc
+        if (
+            svc is not None
+            and svc.min_rate
+            and self._phase == _EXCHANGE
+            and not self._req_done
+            and self._resp is None
+        ):
+            # Slowloris protection for bodies: a minimum rate over 10 s windows, so a slow
+            # but steady upload lives as long as it needs (no total deadline).
+            if self._pause & (_P_UPSTREAM | _P_PENDING):
+                self._rate_at, self._rate_bytes = now, self._req_bytes  # the server is slow
+            elif now - self._rate_at >= RATE_WINDOW:
+                rate = (self._req_bytes - self._rate_bytes) / (now - self._rate_at)
+                if rate < svc.min_rate:
+                    log.info("client %s: request body slower than %d B/s", self._ip_str, rate)
+                    self._stats.timed_out("client_body")
+                    self._fail(408)
+                    return
+                self._rate_at, self._rate_bytes = now, self._req_bytes
+            deadline = min(deadline, self._rate_at + RATE_WINDOW)
         if now < deadline:
             self._timer = self._loop.call_at(deadline, self._on_timer)
             self._timer_at = deadline

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import logging
 import os
 import ssl
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from revproxy.proxy.router import Router
 from revproxy.proxy.stats import WorkerStats
 from revproxy.proxy.upstream import Endpoint
 from revproxy.tls.context import build_listener_context, build_pool_context
+
+log = logging.getLogger("revproxy.proxy")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -54,6 +57,7 @@ class Service:
         "rules",
         "persistence",
         "cookie_name",
+        "min_rate",
     )
 
     def __init__(
@@ -89,6 +93,7 @@ class Service:
         self.t_response = t.server_response_header
         self.t_server_body = t.server_body_idle
         self.t_tunnel = t.tunnel_idle
+        self.min_rate = t.client_body_min_rate
         lim = config.limits
         self.max_request_line = lim.max_request_line
         self.max_header_bytes = lim.max_header_bytes
@@ -126,6 +131,9 @@ class Listener:
         "stats",
         "new_request_id",
         "sni_reject",
+        "max_connections",
+        "handshaking",
+        "_refused",
     )
 
     def __init__(
@@ -134,6 +142,7 @@ class Listener:
         services: list[Service],
         stats: WorkerStats,
         new_request_id: Callable[[], bytes],
+        max_connections: int = 10000,
     ):
         self.config = config
         self.name = config.name
@@ -145,12 +154,39 @@ class Listener:
         )
         self.scheme = b"https" if config.tls else b"http"
         self.sni_reject = config.tls and config.sni_mismatch == "reject"
+        self.max_connections = max_connections
+        # TLS connections accepted whose handshake has not completed: protocol -> since when.
+        # Those still here after the handshake timeout failed their handshake.
+        self.handshaking: dict[object, float] = {}
+        self._refused = 0
         # Until the head is parsed the service is unknown: the most generous one applies,
         # and the chosen service's own limits are checked once it is known.
         self.t_header = max((s.t_header for s in services), default=10.0)
         self.max_request_line = max((s.max_request_line for s in services), default=8192)
         self.max_header_bytes = max((s.max_header_bytes for s in services), default=32768)
         self.max_header_count = max((s.max_header_count for s in services), default=100)
+
+    def refuse(self, transport: asyncio.BaseTransport) -> None:
+        """Close a connection accepted beyond max_connections (logged every 100th)."""
+        transport.abort()  # type: ignore[attr-defined]
+        if self._refused % 100 == 0:
+            log.warning(
+                "listener %s: %d connections refused beyond max_connections (%d per worker)",
+                self.name,
+                self._refused + 1,
+                self.max_connections,
+            )
+        self._refused += 1
+
+    def sweep_handshakes(self, now: float) -> None:
+        """Count TLS handshakes that did not complete within the header timeout."""
+        if not self.handshaking:
+            return
+        limit = now - self.t_header - 1.0
+        failed = [conn for conn, since in self.handshaking.items() if since < limit]
+        for conn in failed:
+            del self.handshaking[conn]
+            self.stats.tls_handshake_failed(self.name)
 
 
 class Runtime:
@@ -190,12 +226,16 @@ class Runtime:
         self.listeners: dict[str, Listener] = {}
         for lst_cfg in config.listeners:
             services = [self.services[s.name] for s in config.services_for(lst_cfg)]
-            self.listeners[lst_cfg.name] = Listener(lst_cfg, services, self.stats, new_request_id)
+            self.listeners[lst_cfg.name] = Listener(
+                lst_cfg, services, self.stats, new_request_id, config.global_.max_connections
+            )
 
     def expire_idle(self, now: float) -> None:
         for ep in self.endpoints:
             if ep.idle:
                 ep.expire_idle(now)
+        for listener in self.listeners.values():
+            listener.sweep_handshakes(now)
 
     def close_idle(self) -> None:
         for ep in self.endpoints:
