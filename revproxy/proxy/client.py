@@ -16,6 +16,7 @@ float store instead of cancelling and creating timers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
 from typing import cast
@@ -24,7 +25,7 @@ from revproxy.balance.persistence import cookie_from_request, decide
 from revproxy.balance.pool import Server
 from revproxy.http.chunked import ChunkedReader, ChunkError
 from revproxy.http.errors import HttpError, ProtocolError, error_response
-from revproxy.http.forward import interim_head, request_head, response_head
+from revproxy.http.forward import Forwarding, interim_head, request_head, response_head
 from revproxy.http.head import (
     CHUNKED,
     LENGTH,
@@ -35,7 +36,7 @@ from revproxy.http.head import (
     parse_request,
     parse_response,
 )
-from revproxy.http.rules import Answer, BodyReplacer, ResponseEdits
+from revproxy.http.rules import Answer, BodyReplacer, HeaderOp, ResponseEdits
 from revproxy.proxy.runtime import Listener, Service
 from revproxy.proxy.upstream import WRITE_HIGH, WRITE_LOW, ServerConnection
 from revproxy.tls.context import served_names_of, sni_host_mismatch, sni_of
@@ -56,6 +57,20 @@ PENDING_LIMIT = 256 * 1024
 MAX_RESPONSE_HEAD = 64 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _RETRY_AFTER = b"Retry-After: 5\r\n"
+_FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+
+
+def _rule_forwarding(fwd: Forwarding, ops: tuple[HeaderOp, ...]) -> Forwarding:
+    """A content rule that sets or removes a forwarding header has the last word on it."""
+    names = {op[1] for op in ops}
+    if not names & _FORWARDING_FIELDS:
+        return fwd
+    return dataclasses.replace(
+        fwd,
+        x_forwarded_for=fwd.x_forwarded_for and b"x-forwarded-for" not in names,
+        x_forwarded_proto=fwd.x_forwarded_proto and b"x-forwarded-proto" not in names,
+        x_forwarded_host=fwd.x_forwarded_host and b"x-forwarded-host" not in names,
+    )
 
 
 class ClientConnection(asyncio.Protocol):
@@ -287,6 +302,7 @@ class ClientConnection(asyncio.Protocol):
         self._edits = None
         self._replacer = None
         self._set_cookie = None
+        fwd = svc.forwarding
         if svc.rules:
             action = svc.rules.on_request(req.method, req.host, req.target, req.header)
             if action.answer is not None:
@@ -296,9 +312,10 @@ class ClientConnection(asyncio.Protocol):
                 req.target = action.target
             if action.headers:
                 req.headers = action.headers.apply(req.headers)
+                fwd = _rule_forwarding(fwd, action.headers.ops)
             self._edits = action.response
         self._rid = rid = self._listener.new_request_id()
-        head = request_head(req, svc.forwarding, self._ip, trusted, self._listener.scheme, rid)
+        head = request_head(req, fwd, self._ip, trusted, self._listener.scheme, rid)
         self._sent = [head]
         self._sent_size = len(head)
         self._active = self._t0 = self._loop.time()
