@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -338,12 +338,23 @@ def test_entrypoint_serves_and_stops_on_sigterm(
             20,
             "the demo servers to pass their health checks",
         )
-        status, body = _https_get(ports["https"], "meet.demo.test", "/meet/x", certs.public_root)
-        assert status == 200 and "server: lync-tls" in body, body
-        status, body = _https_get(ports["https"], "mail.demo.test", "/owa/", certs.public_root)
-        assert status == 200 and "server: mail-tls" in body, body
-        status, body = _http_get(ports["http"], "meet.demo.test", "/")
-        assert status == 200 and "server: lync\n" in body, body
+
+        # Each worker applies the published health state within a moment of the others, so
+        # every request is given that moment.
+        def ok(get: Callable[[], tuple[int, str]]) -> str:
+            def answered() -> str | None:
+                status, body = get()
+                return body if status == 200 else None
+
+            return wait_for(answered, 5, "a 200 answer")
+
+        root = certs.public_root
+        body = ok(lambda: _https_get(ports["https"], "meet.demo.test", "/meet/x", root))
+        assert "server: lync-tls" in body, body
+        body = ok(lambda: _https_get(ports["https"], "mail.demo.test", "/owa/", root))
+        assert "server: mail-tls" in body, body
+        body = ok(lambda: _http_get(ports["http"], "meet.demo.test", "/"))
+        assert "server: lync\n" in body, body
         proxy = _the_proxy_pid(command, pid1)
         if as_image_user:
             uid = re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{proxy}/status").read_text(), re.M)

@@ -330,7 +330,10 @@ def test_pipelined_requests_before_a_half_close_are_all_answered(setup: Setup) -
         assert read_until_closed(sock) == (b"", "eof")
     assert first.body.endswith(b"GET /hc-1 HTTP/1.1")
     assert second.body.endswith(b"GET /hc-2 HTTP/1.1")
-    assert second.header("connection") == "close"
+    # The last answer says close when the proxy saw the half-close before writing it (the
+    # FIN may come in a later read than the requests); either way the connection then ends.
+    assert second.header("connection") in ("close", None)
+    assert first.header("connection") is None
 
 
 def test_stale_server_connection_is_retried_for_put_with_body(setup: Setup) -> None:
