@@ -483,6 +483,10 @@ class ClientConnection(asyncio.Protocol):
         if self._phase != _EXCHANGE or self._server is not server or self._pending is None:
             conn.close()
             return
+        if conn.closed or conn.transport is None or conn.transport.is_closing():
+            # Accepted and dropped before we could use it (a server going away).
+            self._connect_failed(server, ConnectionResetError("closed right after connect"))
+            return
         self._attach(conn)
         pending = self._pending
         self._pending = None
@@ -503,49 +507,67 @@ class ClientConnection(asyncio.Protocol):
             svc.pool.name,
             "timeout" if timeout else (exc or type(exc).__name__),
         )
+        if not self._try_another(server, "timeout" if timeout else "connect"):
+            self._fail(504 if timeout else 502)
+
+    def _try_another(self, server: Server, kind: str) -> bool:
+        """Send the pending request to another server after `server` failed it.
+
+        False when the retry budget (count and window) is spent or no server may take it.
+        """
+        svc = self._svc
+        assert svc is not None
         server.active -= 1
         self._server = None
         self._tried.append(server)
-        self._stats.server_failed(svc.pool.name, server.name, "timeout" if timeout else "connect")
-        if len(self._tried) <= svc.retries and self._loop.time() - self._t0 < svc.retry_window:
-            nxt = self._pick(svc)
-            if nxt is not None:
-                self._stats.retried(svc.pool.name, nxt.name)
-                self._server = nxt
-                nxt.active += 1
-                conn = svc.endpoints[nxt].take_idle()
-                if conn is None:
-                    self._connect()
-                    return
-                # Nothing was sent yet: what is pending is the whole request so far.
-                self._attach(conn)
-                pending, self._pending = self._pending or [], None
-                self._pending_size = 0
-                conn.transport.write(b"".join(pending))  # type: ignore[union-attr]
-                self._set_pause(_P_PENDING, False)
-                return
-        self._fail(504 if timeout else 502)
+        self._stats.server_failed(svc.pool.name, server.name, kind)
+        if len(self._tried) > svc.retries or self._loop.time() - self._t0 >= svc.retry_window:
+            return False
+        nxt = self._pick(svc)
+        if nxt is None:
+            return False
+        self._stats.retried(svc.pool.name, nxt.name)
+        self._server = nxt
+        nxt.active += 1
+        conn = svc.endpoints[nxt].take_idle()
+        if conn is None:
+            self._connect()
+            return True
+        # Nothing reached a server: what is pending is the whole request so far.
+        self._attach(conn)
+        pending, self._pending = self._pending or [], None
+        self._pending_size = 0
+        conn.transport.write(b"".join(pending))  # type: ignore[union-attr]
+        self._set_pause(_P_PENDING, False)
+        return True
 
-    def _retry_stale(self) -> bool:
-        """Resend on a fresh connection after a reused one closed before answering."""
+    def _retry_unanswered(self) -> bool:
+        """Resend a request whose server connection closed before any response byte.
+
+        Only an idempotent request whose bytes are all kept (never a POST whose body went
+        out). A reused connection first gets one fresh connection to the same server (the
+        server had just closed an idle connection); after that the server counts as failed
+        and another one is tried within the service's retry budget.
+        """
         req, svc, server = self._req, self._svc, self._server
         if (
             req is None
             or svc is None
             or server is None
             or self._sent is None
-            or self._stale_retried
             or req.method not in IDEMPOTENT
         ):
             return False
-        self._stale_retried = True
-        self._stats.retried(svc.pool.name, server.name)
         self._up = None
         self._resp_buf.clear()
         self._pending = list(self._sent)
         self._pending_size = self._sent_size
-        self._connect()
-        return True
+        if self._reused and not self._stale_retried:
+            self._stale_retried = True
+            self._stats.retried(svc.pool.name, server.name)
+            self._connect()
+            return True
+        return self._try_another(server, "reset")
 
     # ----------------------------------------------------------------- response side
 
@@ -819,7 +841,7 @@ class ClientConnection(asyncio.Protocol):
             self._close()
             return
         if self._resp is None:
-            if not self._resp_seen and self._reused and self._retry_stale():
+            if not self._resp_seen and self._retry_unanswered():
                 return
             self._bad_response("server closed the connection before answering", conn_gone=True)
             return
