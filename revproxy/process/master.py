@@ -150,9 +150,7 @@ class Master:
         if pid == 0:
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                for sig in _SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)
+                _reset_signals()
                 for slots in self.slots.values():
                     for i, sock in enumerate(slots.sockets):
                         if i != slot:
@@ -190,9 +188,7 @@ class Master:
         if pid == 0:
             code = 1
             try:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                for sig in _SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)
+                _reset_signals()
                 ours.close()
                 self.stats_tx.close()
                 if self.control_channel is not None:
@@ -408,6 +404,13 @@ class Master:
                 sock.close()
         log.info("stopped")
         return 0
+
+
+def _reset_signals() -> None:
+    """In a new child: default handling of the signals the main process blocks and takes."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _describe(status: int) -> str:
