@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -321,10 +322,42 @@ def start_demo(
 
     try:
         wait_for(started, timeout, "the proxy to start")
+        # The pools' servers take traffic once their first health check passed.
+        wait_for(lambda: _serving(demo), timeout, "the demo servers to pass their checks")
     except BaseException:
         demo.stop()
         raise
     return demo
+
+
+def _answers(demo: Demo, name: str, tls: bool) -> bool:
+    """Whether GET / for `name`.demo.test is answered 200 through the proxy."""
+    host = f"{name}.{DOMAIN}"
+    port = demo.ports["https" if tls else "http"]
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            if tls:
+                context = ssl.create_default_context(cafile=str(demo.ca))
+                sock = context.wrap_socket(sock, server_hostname=host)
+            sock.sendall(request)
+            head = sock.recv(64)
+        finally:
+            sock.close()
+    except OSError:
+        return False
+    return head.startswith(b"HTTP/1.1 200")
+
+
+def _serving(demo: Demo) -> bool:
+    """Every pool answers, three rounds in a row (each worker has learnt the checks)."""
+    return all(
+        _answers(demo, name, tls)
+        for _ in range(3)
+        for name in ("meet", "mail")
+        for tls in (True, False)
+    )
 
 
 def workers_for(connections: int, fd_limit: int, per_connection: int = 2) -> int:
