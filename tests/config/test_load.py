@@ -532,12 +532,20 @@ def test_production_example_parses() -> None:
             assert str(cert.cert).startswith("/etc/revproxy/")
 
 
-@pytest.mark.skipif(
-    not (EXAMPLES.parents[1] / "certs" / "dev" / "public" / "meet.pem").exists(),
-    reason="development certificates not generated yet (certs/dev/)",
-)
 def test_demo_example_finds_the_development_certificates() -> None:
-    load_config(EXAMPLES / "demo.toml")
+    import secrets
+
+    from revproxy.demo.certs import ensure_dev_certs
+
+    # What `make run` prepares before loading the file: certificates and the admin token.
+    dev = EXAMPLES.parents[1] / "certs" / "dev"
+    ensure_dev_certs(dev)
+    token = dev / "admin.token"
+    if not token.exists():
+        token.write_text(secrets.token_urlsafe(24) + "\n")
+        token.chmod(0o600)
+    config = load_config(EXAMPLES / "demo.toml")
+    assert config.admin.token_file == token
 
 
 def test_server_address_round_trips() -> None:
