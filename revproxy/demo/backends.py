@@ -101,7 +101,8 @@ async def start_backend(
         access_log=None,
         handle_signals=False,
         shutdown_timeout=1.0,
-        handler_args={"max_line_size": 65536, "max_field_size": 65536},
+        max_line_size=65536,
+        max_field_size=65536,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024)
