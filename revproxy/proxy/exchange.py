@@ -1,0 +1,320 @@
+"""The state of one client connection's exchange, its timers, and how an exchange ends.
+
+A client connection is three layers of one object: this state with its timers and
+endings; the server side (choosing a server, retries, relaying the response) in
+serverside.py; and the client side (asyncio callbacks, request heads and bodies) in
+client.py, which puts them together.
+
+Timers: one lazy timer per connection. Activity only records a timestamp;
+when the timer fires it compares against the deadline of the current phase
+and sleeps again if there was activity, so per-chunk bookkeeping is one
+float store instead of cancelling and creating timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from revproxy.balance.pool import Server
+from revproxy.http.chunked import ChunkedReader
+from revproxy.http.errors import error_response
+from revproxy.http.head import (
+    Request,
+    Response,
+)
+from revproxy.http.rules import BodyReplacer, ResponseEdits
+from revproxy.proxy.runtime import Listener, Service
+from revproxy.proxy.upstream import ServerConnection
+
+log = logging.getLogger("revproxy.proxy")
+
+# Phases of a client connection.
+HEAD, EXCHANGE, TUNNEL, CLOSED = range(4)
+# Reasons to stop reading from the client (bit mask).
+P_UPSTREAM = 1  # the server connection's write buffer is full
+P_PIPELINE = 2  # pipelined bytes are waiting for the current exchange
+P_PENDING = 4  # request bytes are waiting for a server connection to open
+
+RATE_WINDOW = 10.0  # seconds over which client_body_min_rate is averaged
+DRAIN_LINGER = 1.0  # seconds an idle keep-alive connection stays open once draining
+REPLAY_LIMIT = 64 * 1024  # request bytes kept to resend on a fresh connection
+PENDING_LIMIT = 256 * 1024
+MAX_RESPONSE_HEAD = 64 * 1024
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+RETRY_AFTER = b"Retry-After: 5\r\n"
+
+
+class ExchangeState:
+    """Everything one client connection knows about the exchange in progress."""
+
+    def __init__(self, listener: Listener, registry: set[Any]) -> None:
+        self._listener = listener
+        self._registry = registry
+        self._stats = listener.stats
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._ip = b"-"
+        self._ip_str = ""
+        self._buf = bytearray()
+        self._phase = HEAD
+        self._served = 0
+        self._pause = 0
+        self._client_write_paused = False
+        self._draining = False
+        self._close_after = False
+        self._eof = False  # the client has half-closed
+        # Timer state.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._active = 0.0
+        self._progress = 0  # client write buffer size at the last check while paused
+        # The exchange in progress.
+        self._req: Request | None = None
+        self._svc: Service | None = None
+        self._last_svc: Service | None = None
+        self._req_done = True
+        self._req_left = 0
+        self._req_chunks: ChunkedReader | None = None
+        self._req_bytes = 0
+        self._rate_at = 0.0  # start of the current minimum-rate window, and bytes then
+        self._rate_bytes = 0
+        self._server: Server | None = None
+        self._tried: list[Server] = []
+        self._up: ServerConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._pending: list[bytes] | None = None
+        self._pending_size = 0
+        self._sent: list[bytes] | None = None
+        self._sent_size = 0
+        self._reused = False
+        self._stale_retried = False
+        self._resp: Response | None = None
+        self._resp_buf = bytearray()
+        self._resp_seen = False
+        self._resp_left = 0
+        self._resp_chunks: ChunkedReader | None = None
+        self._dechunk = False
+        self._pinned: ServerConnection | None = None
+        self._trusts: dict[str, bool] = {}
+        # Persistence: the Set-Cookie of the response in progress, the cookie value this
+        # connection was already given.
+        self._set_cookie: bytes | None = None
+        self._conn_cookie: str | None = None
+        # TLS: the name the client asked for and the names of the certificate it got.
+        self._sni: str | None = None
+        self._cert_names: tuple[str, ...] = ()
+        # Content rules of the exchange in progress.
+        self._edits: ResponseEdits | None = None
+        self._replacer: BodyReplacer | None = None
+        # For statistics and the access log.
+        self._t0 = 0.0  # when the request head was read
+        self._t_resp = -1.0  # seconds from sending the request to the response head
+        self._status = 0  # what the client was answered
+        self._bytes_out = 0
+        self._rid = b""
+
+    # The client side provides these (client.py).
+
+    def _read_heads(self) -> None:
+        raise NotImplementedError
+
+    def _send_up(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- ending an exchange
+
+    def _end_exchange(self) -> None:
+        req, svc, server = self._req, self._svc, self._server
+        if req is not None and svc is not None:
+            self._stats.request_done(
+                self._listener.name,
+                self._ip_str,
+                svc.name,
+                svc.pool.name,
+                server.name if server is not None else "",
+                req,
+                self._status or 499,  # 499: the client went away before an answer
+                self._req_bytes,
+                self._bytes_out,
+                self._t0,
+                self._t_resp,
+                self._loop.time(),
+                self._rid,
+            )
+        if server is not None:
+            server.active -= 1
+            self._server = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        self._served += 1
+        self._req = None
+        self._resp = None
+        self._resp_buf.clear()
+        self._resp_chunks = None
+        self._req_chunks = None
+        self._pending = None
+        self._pending_size = 0
+        self._sent = None
+        self._set_pause(P_PENDING | P_UPSTREAM, False)
+
+    def _phase_timeout(self) -> float:
+        phase = self._phase
+        if phase == HEAD:
+            if self._buf or not self._served:
+                return self._listener.t_header
+            if self._draining:
+                return DRAIN_LINGER
+            svc = self._last_svc
+            return svc.t_keepalive if svc is not None else self._listener.t_header
+        svc = self._svc
+        assert svc is not None
+        if phase == TUNNEL:
+            return svc.t_tunnel
+        if self._connecting is not None:
+            return svc.t_connect + 1.0
+        if self._resp is not None:
+            return svc.t_server_body
+        if not self._req_done:
+            return svc.t_body_idle
+        return svc.t_response
+
+    def _arm(self, seconds: float) -> None:
+        when = self._loop.time() + seconds
+        timer = self._timer
+        if timer is None or self._timer_at > when:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(when, self._on_timer)
+            self._timer_at = when
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._phase == CLOSED:
+            return
+        now = self._loop.time()
+        if self._client_write_paused and self._phase in (EXCHANGE, TUNNEL):
+            # A slow reader: time runs against the client only while nothing drains.
+            size = self._transport.get_write_buffer_size()  # type: ignore[union-attr]
+            if size != self._progress:
+                self._progress = size
+                self._active = now
+        deadline = self._active + self._phase_timeout()
+        svc = self._svc
+        if (
+            svc is not None
+            and svc.min_rate
+            and self._phase == EXCHANGE
+            and not self._req_done
+            and self._resp is None
+        ):
+            # Slowloris protection for bodies: a minimum rate over 10 s windows, so a slow
+            # but steady upload lives as long as it needs (no total deadline).
+            if self._pause & (P_UPSTREAM | P_PENDING):
+                self._rate_at, self._rate_bytes = now, self._req_bytes  # the server is slow
+            elif now - self._rate_at >= RATE_WINDOW:
+                rate = (self._req_bytes - self._rate_bytes) / (now - self._rate_at)
+                if rate < svc.min_rate:
+                    log.info("client %s: request body slower than %d B/s", self._ip_str, rate)
+                    self._stats.timed_out("client_body")
+                    self._fail(408)
+                    return
+                self._rate_at, self._rate_bytes = now, self._req_bytes
+            deadline = min(deadline, self._rate_at + RATE_WINDOW)
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+            return
+        self._expired()
+
+    def _expired(self) -> None:
+        phase = self._phase
+        stats = self._stats
+        if phase == HEAD:
+            if self._buf:
+                stats.timed_out("client_header")
+                self._fail(408)
+            else:
+                stats.timed_out("keepalive")
+                self._close()
+        elif phase == TUNNEL:
+            stats.timed_out("tunnel")
+            self._close()
+        elif self._resp is not None:
+            log.info("client %s: response body idle timeout", self._ip_str)
+            stats.timed_out("server_body")
+            self._abort()
+        elif not self._req_done and self._connecting is None and self._up is not None:
+            log.info("client %s: request body idle timeout", self._ip_str)
+            stats.timed_out("client_body")
+            self._fail(408)
+        else:
+            log.warning("server %s: no response in time", self._server)
+            stats.timed_out("server_response")
+            svc, server = self._svc, self._server
+            if svc is not None and server is not None:
+                self._stats.server_failed(svc.pool.name, server.name, "timeout")
+            self._fail(504)
+
+    def _set_pause(self, reason: int, on: bool) -> None:
+        before = self._pause
+        after = before | reason if on else before & ~reason
+        if after == before:
+            return
+        self._pause = after
+        transport = self._transport
+        if transport is None or self._phase == CLOSED:
+            return
+        if after and not before:
+            transport.pause_reading()
+        elif before and not after:
+            transport.resume_reading()
+
+    def _fail(self, status: int, extra: bytes = b"") -> None:
+        """Answer with an error and close: after an error the framing is not trusted."""
+        if self._resp is not None or self._phase == TUNNEL:
+            self._abort()
+            return
+        self._status = status
+        if self._req is None:
+            # Refused before it was routed (bad framing, limits, no service).
+            now = self._loop.time()
+            self._stats.request_done(
+                self._listener.name, self._ip_str, "", "", "", None, status, 0, 0, now, -1.0,
+                now, b"",
+            )  # fmt: skip
+        self._abort_exchange()
+        transport = self._transport
+        if transport is not None and self._phase != CLOSED:
+            transport.write(error_response(status, extra=extra))
+        self._close()
+
+    def _abort_exchange(self) -> None:
+        """Drop the server side of an unfinished exchange."""
+        up = self._up
+        self._up = None
+        if up is not None:
+            if up is self._pinned:
+                self._pinned = None
+            up.abort()
+        if self._req is not None or self._connecting is not None:
+            self._end_exchange()
+
+    def _close(self) -> None:
+        if self._phase == TUNNEL and self._up is not None:
+            up, self._up = self._up, None
+            up.close()
+        self._abort_exchange()
+        if self._phase != CLOSED:
+            self._phase = CLOSED
+            if self._transport is not None:
+                self._transport.close()
+
+    def _abort(self) -> None:
+        self._abort_exchange()
+        if self._phase != CLOSED:
+            self._phase = CLOSED
+            if self._transport is not None:
+                self._transport.abort()

@@ -1,0 +1,500 @@
+"""The server side of a client connection: which server, retries, and the response.
+
+Chooses a server (persistence, then the pool's balancing), takes an idle, pinned or new
+server connection, moves a request to another server when that is safe, and relays the
+response: interim responses, the head with the first body bytes in one write, bodies as
+they stream (re-framed when a content rule rewrites them), tunnels after a 101.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from revproxy.balance.persistence import cookie_from_request, decide
+from revproxy.balance.pool import Server
+from revproxy.http.chunked import ChunkedReader, ChunkError
+from revproxy.http.errors import ProtocolError
+from revproxy.http.forward import interim_head, response_head
+from revproxy.http.head import (
+    CHUNKED,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    Response,
+    parse_response,
+)
+from revproxy.http.rules import BodyReplacer
+from revproxy.proxy.exchange import (
+    EXCHANGE,
+    HEAD,
+    IDEMPOTENT,
+    MAX_RESPONSE_HEAD,
+    P_PENDING,
+    P_PIPELINE,
+    P_UPSTREAM,
+    RETRY_AFTER,
+    TUNNEL,
+    ExchangeState,
+    log,
+)
+from revproxy.proxy.runtime import Service
+from revproxy.proxy.upstream import ServerConnection
+
+
+class ServerSide(ExchangeState):
+    """Choosing a server and relaying its response, for one client connection."""
+
+    def _choose_upstream(self, head: bytes) -> bool:
+        svc = self._svc
+        assert svc is not None
+        pinned = self._pinned
+        if pinned is not None:
+            if not pinned.closed and pinned.endpoint.server in svc.endpoints:
+                self._server = pinned.endpoint.server
+                self._server.active += 1
+                self._attach(pinned)
+                pinned.transport.write(head)  # type: ignore[union-attr]
+                return True
+            if pinned.closed:
+                self._pinned = None
+        server = self._pick(svc)
+        if server is None:
+            self._fail(503, extra=RETRY_AFTER)
+            return False
+        self._server = server
+        server.active += 1
+        conn = svc.endpoints[server].take_idle()
+        if conn is not None:
+            self._attach(conn)
+            conn.transport.write(head)  # type: ignore[union-attr]
+        else:
+            self._pending = [head]
+            self._pending_size = len(head)
+            self._connect()
+        return True
+
+    def _pick(self, svc: Service) -> Server | None:
+        """The server for this request: persistence first, then the pool's balancing."""
+        pool = svc.pool
+        if not svc.persistence:
+            return pool.choose(self._tried, self._ip_str)
+        cookie = None
+        name = svc.cookie_name
+        if name:
+            req = self._req
+            assert req is not None
+            values = [value for lname, value, _ in req.headers if lname == b"cookie"]
+            cookie = cookie_from_request(values, name) if values else None
+        decision = decide(
+            pool, self._ip_str, cookie, self._loop.time(), self._tried, self._conn_cookie
+        )
+        server = decision.server
+        if decision.set_cookie is not None and server is not None:
+            self._set_cookie = b"Set-Cookie: %s\r\n" % decision.set_cookie
+            self._conn_cookie = server.cookie
+        return server
+
+    def _attach(self, conn: ServerConnection) -> None:
+        conn.owner = self
+        self._up = conn
+        self._reused = conn.requests > 0
+        conn.requests += 1
+        self._resp_seen = False
+        if self._client_write_paused and conn.transport is not None:
+            conn.transport.pause_reading()
+
+    def _connect(self) -> None:
+        svc, server = self._svc, self._server
+        assert svc is not None and server is not None
+        self._connecting = self._loop.create_task(self._open(svc, server))
+
+    async def _open(self, svc: Service, server: Server) -> None:
+        endpoint = svc.endpoints[server]
+        try:
+            conn = await endpoint.connect(svc.t_connect)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._connecting = None
+            if self._phase == EXCHANGE and self._server is server:
+                self._connect_failed(server, exc)
+            return
+        self._connecting = None
+        if self._phase != EXCHANGE or self._server is not server or self._pending is None:
+            conn.close()
+            return
+        if conn.closed or conn.transport is None or conn.transport.is_closing():
+            # Accepted and dropped before we could use it (a server going away).
+            self._connect_failed(server, ConnectionResetError("closed right after connect"))
+            return
+        self._attach(conn)
+        pending = self._pending
+        self._pending = None
+        self._pending_size = 0
+        assert conn.transport is not None
+        conn.transport.write(b"".join(pending))
+        self._set_pause(P_PENDING, False)
+        self._active = self._loop.time()
+        self._arm(self._phase_timeout())
+
+    def _connect_failed(self, server: Server, exc: BaseException) -> None:
+        svc = self._svc
+        assert svc is not None
+        timeout = isinstance(exc, TimeoutError)
+        log.warning(
+            "server %s (pool %s): connect failed: %s",
+            server.name,
+            svc.pool.name,
+            "timeout" if timeout else (exc or type(exc).__name__),
+        )
+        if not self._try_another(server, "timeout" if timeout else "connect"):
+            self._fail(504 if timeout else 502)
+
+    def _try_another(self, server: Server, kind: str) -> bool:
+        """Send the pending request to another server after `server` failed it.
+
+        False when the retry budget (count and window) is spent or no server may take it.
+        """
+        svc = self._svc
+        assert svc is not None
+        server.active -= 1
+        self._server = None
+        self._tried.append(server)
+        self._stats.server_failed(svc.pool.name, server.name, kind)
+        if len(self._tried) > svc.retries or self._loop.time() - self._t0 >= svc.retry_window:
+            return False
+        nxt = self._pick(svc)
+        if nxt is None:
+            return False
+        self._stats.retried(svc.pool.name, nxt.name)
+        self._server = nxt
+        nxt.active += 1
+        conn = svc.endpoints[nxt].take_idle()
+        if conn is None:
+            self._connect()
+            return True
+        # Nothing reached a server: what is pending is the whole request so far.
+        self._attach(conn)
+        pending, self._pending = self._pending or [], None
+        self._pending_size = 0
+        conn.transport.write(b"".join(pending))  # type: ignore[union-attr]
+        self._set_pause(P_PENDING, False)
+        return True
+
+    def _retry_unanswered(self) -> bool:
+        """Resend a request whose server connection closed before any response byte.
+
+        Only an idempotent request whose bytes are all kept (never a POST whose body went
+        out). A reused connection first gets one fresh connection to the same server (the
+        server had just closed an idle connection); after that the server counts as failed
+        and another one is tried within the service's retry budget.
+        """
+        req, svc, server = self._req, self._svc, self._server
+        if (
+            req is None
+            or svc is None
+            or server is None
+            or self._sent is None
+            or req.method not in IDEMPOTENT
+        ):
+            return False
+        self._up = None
+        self._resp_buf.clear()
+        self._pending = list(self._sent)
+        self._pending_size = self._sent_size
+        if self._reused and not self._stale_retried:
+            self._stale_retried = True
+            self._stats.retried(svc.pool.name, server.name)
+            self._connect()
+            return True
+        return self._try_another(server, "reset")
+
+    def server_data(self, conn: ServerConnection, data: bytes) -> None:
+        if conn is not self._up:
+            # Bytes from a pinned connection between requests: it is out of step.
+            if conn is self._pinned:
+                self._pinned = None
+                conn.close()
+            return
+        self._resp_seen = True
+        self._active = self._loop.time()
+        if self._phase == TUNNEL:
+            self._transport.write(data)  # type: ignore[union-attr]
+            return
+        if self._resp is not None:
+            self._response_body(data, b"")
+            return
+        if self._resp_buf:
+            self._resp_buf += data
+            data = bytes(self._resp_buf)
+            self._resp_buf.clear()
+        self._response_heads(data)
+
+    def _response_heads(self, data: bytes) -> None:
+        """Parse heads: interim ones are passed on, the final one goes out with the body's start."""
+        req = self._req
+        assert req is not None
+        start = 0
+        while True:
+            end = data.find(b"\r\n\r\n", start)
+            if end < 0 or end - start > MAX_RESPONSE_HEAD:
+                if len(data) - start > MAX_RESPONSE_HEAD:
+                    self._bad_response("response head too large")
+                else:
+                    self._resp_buf += data[start:]
+                return
+            try:
+                resp = parse_response(data[start:end], req.method)
+            except ProtocolError as exc:
+                self._bad_response(str(exc))
+                return
+            start = end + 4
+            status = resp.status
+            if status == 101:
+                if req.upgrade is None:
+                    self._bad_response("101 to a request that asked for no upgrade")
+                    return
+                self._start_tunnel(resp, data[start:])
+                return
+            if status < 200:
+                if req.http11:
+                    self._transport.write(interim_head(resp))  # type: ignore[union-attr]
+                continue
+            # One write for head and the first body bytes: a small response costs one send.
+            self._response_body(
+                data[start:] if start < len(data) else b"", self._response_head(resp)
+            )
+            return
+
+    def _response_head(self, resp: Response) -> bytes:
+        req, svc = self._req, self._svc
+        assert req is not None and svc is not None
+        self._resp = resp
+        self._status = status = resp.status
+        self._t_resp = self._active - self._t0
+        server = self._server
+        if server is not None:
+            if status in svc.passive_statuses:
+                self._stats.server_failed(svc.pool.name, server.name, "status")
+            else:
+                self._stats.server_succeeded(svc.pool.name, server.name)
+        if resp.auth_challenge and svc.ntlm_pinning:
+            # NTLM and Negotiate authenticate the connection: it now belongs to this client.
+            self._pinned = self._up
+        dechunk = resp.body == CHUNKED and not req.http11
+        extra = b""
+        edits = self._edits
+        if edits is not None:
+            replacer = (
+                edits.body_replacer(req.method, status, resp.headers)
+                if resp.body != NO_BODY
+                else None
+            )
+            resp.headers = edits.apply_headers(resp.headers, replacing=replacer is not None)
+            if replacer is not None:
+                # The new body's length is known only at its end: chunked to HTTP/1.1
+                # clients, delimited by closing for HTTP/1.0 ones.
+                self._replacer = replacer
+                dechunk = True
+                if req.http11:
+                    extra = b"Transfer-Encoding: chunked\r\n"
+        self._dechunk = dechunk
+        if self._set_cookie is not None:
+            extra += self._set_cookie
+        if resp.body == UNTIL_CLOSE or (dechunk and not extra) or not self._req_done:
+            self._close_after = True
+        elif self._draining:
+            self._close_after = True
+        elif self._eof and b"\r\n\r\n" not in self._buf:
+            # The client half-closed and this is its last complete request.
+            self._close_after = True
+        self._resp_left = resp.content_length
+        self._resp_chunks = ChunkedReader() if resp.body == CHUNKED else None
+        self._arm(svc.t_server_body)
+        return response_head(
+            resp,
+            close=self._close_after,
+            http10_client=not req.http11,
+            dechunk=dechunk,
+            via=svc.forwarding.via,
+            extra=extra,
+        )
+
+    def _write(self, head: bytes, piece: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        self._bytes_out += len(head) + len(piece)
+        if not head:
+            if piece:
+                transport.write(piece)
+        elif len(piece) < 65536:
+            transport.write(head + piece)
+        else:
+            transport.writelines((head, piece))
+
+    def _response_body(self, data: bytes, head: bytes) -> None:
+        """Pass on the part of `data` that belongs to the response body (after `head`)."""
+        resp = self._resp
+        assert resp is not None
+        body = resp.body
+        replacer = self._replacer
+        if body == LENGTH:
+            used = min(self._resp_left, len(data))
+            self._resp_left -= used
+            piece = data if used == len(data) else data[:used]
+            if replacer is not None:
+                piece = self._replaced(replacer, piece, not self._resp_left)
+            self._write(head, piece)
+            extra = used < len(data)
+        elif body == CHUNKED:
+            chunks = self._resp_chunks
+            assert chunks is not None
+            out: list[bytes] | None = [] if self._dechunk else None
+            try:
+                used = chunks.feed(data, out)
+            except ChunkError as exc:
+                if head:
+                    self._transport.write(head)  # type: ignore[union-attr]
+                self._bad_response(f"bad chunked body: {exc}")
+                return
+            if out is not None:
+                piece = b"".join(out)
+                if replacer is not None:
+                    piece = self._replaced(replacer, piece, chunks.done)
+                self._write(head, piece)
+            else:
+                self._write(head, data if used == len(data) else data[:used])
+            extra = used < len(data)
+        elif body == UNTIL_CLOSE:
+            self._write(head, data if replacer is None else self._replaced(replacer, data, False))
+            return
+        else:
+            self._write(head, b"")
+            extra = bool(data)
+        if extra:
+            # Bytes past the end of the response: the connection is out of step.
+            log.warning("server %s sent bytes past the end of a response", self._server)
+            if self._up is not None:
+                up, self._up = self._up, None
+                if up is self._pinned:
+                    self._pinned = None
+                up.close()
+            self._close_after = self._close_after or not self._req_done
+        if self._resp_done_pending():
+            self._finish_response()
+
+    def _replaced(self, replacer: BodyReplacer, payload: bytes, done: bool) -> bytes:
+        """Body bytes after content-rule replacement, framed for the client."""
+        out = replacer.feed(payload) if payload else b""
+        if done:
+            out += replacer.finish()
+        req = self._req
+        if req is None or not req.http11:
+            return out
+        framed = b"%x\r\n%s\r\n" % (len(out), out) if out else b""
+        return framed + b"0\r\n\r\n" if done else framed
+
+    def _resp_done_pending(self) -> bool:
+        resp = self._resp
+        if resp is None:
+            return False
+        if resp.body == LENGTH:
+            return not self._resp_left
+        if resp.body == CHUNKED:
+            return self._resp_chunks is not None and self._resp_chunks.done
+        return resp.body == NO_BODY
+
+    def _finish_response(self) -> None:
+        """The response is complete: release the server connection, go on to the next request."""
+        resp = self._resp
+        up = self._up
+        self._up = None
+        if up is not None:
+            if up is self._pinned:
+                if not (resp is not None and resp.keep_alive and self._req_done):
+                    self._pinned = None
+                    up.close()
+            elif resp is not None and resp.keep_alive and self._req_done and not up.closed:
+                up.endpoint.put_idle(up)
+            else:
+                up.close()
+        self._end_exchange()
+        if self._close_after or not self._req_done:
+            self._close()
+            return
+        if self._eof and b"\r\n\r\n" not in self._buf:
+            self._close()
+            return
+        self._phase = HEAD
+        self._set_pause(P_PIPELINE, False)
+        self._active = self._loop.time()
+        # The header deadline is the shorter one and starts with the next request's first
+        # byte; arming it now spares a timer reschedule on every request.
+        self._arm(min(self._phase_timeout(), self._listener.t_header))
+        if self._buf:
+            self._read_heads()
+
+    def server_lost(self, conn: ServerConnection, exc: Exception | None) -> None:
+        if conn is self._pinned:
+            self._pinned = None
+        if conn is not self._up:
+            return
+        self._up = None
+        if self._phase == TUNNEL:
+            self._close()
+            return
+        if self._resp is None:
+            if not self._resp_seen and self._retry_unanswered():
+                return
+            self._bad_response("server closed the connection before answering", conn_gone=True)
+            return
+        if self._resp.body == UNTIL_CLOSE:
+            if self._replacer is not None:
+                self._write(b"", self._replaced(self._replacer, b"", True))
+            self._close_after = True
+            self._finish_response()
+            return
+        # A body with a known end stopped short: cut the client connection so the client
+        # sees an incomplete response rather than a short one that looks whole.
+        log.warning("server %s closed the connection mid-response", self._server)
+        self._abort()
+
+    def server_write_paused(self, paused: bool) -> None:
+        self._set_pause(P_UPSTREAM, paused)
+
+    def _bad_response(self, why: str, conn_gone: bool = False) -> None:
+        log.warning("server %s: %s", self._server, why)
+        svc, server = self._svc, self._server
+        if svc is not None and server is not None:
+            self._stats.server_failed(
+                svc.pool.name, server.name, "reset" if conn_gone else "protocol"
+            )
+        if not conn_gone and self._up is not None:
+            up, self._up = self._up, None
+            if up is self._pinned:
+                self._pinned = None
+            up.abort()
+        if self._resp is None:
+            self._fail(502)
+        else:
+            self._abort()
+
+    def _start_tunnel(self, resp: Response, rest: bytes) -> None:
+        req = self._req
+        assert req is not None
+        self._phase = TUNNEL
+        self._close_after = True
+        upgrade = resp.header(b"upgrade") or req.upgrade
+        self._transport.write(  # type: ignore[union-attr]
+            response_head(resp, close=False, http10_client=False, upgrade=upgrade)
+        )
+        if rest:
+            self._transport.write(rest)  # type: ignore[union-attr]
+        if self._buf:
+            early = bytes(self._buf)
+            self._buf.clear()
+            self._send_up(early)
+        self._set_pause(P_PIPELINE, False)
+        self._active = self._loop.time()
+        self._arm(self._phase_timeout())
