@@ -38,6 +38,7 @@ P_PIPELINE = 2  # pipelined bytes are waiting for the current exchange
 P_PENDING = 4  # request bytes are waiting for a server connection to open
 
 RATE_WINDOW = 10.0  # seconds over which client_body_min_rate is averaged
+LINGER = 2.0  # seconds unread client bytes are drained after an early close
 DRAIN_LINGER = 1.0  # seconds an idle keep-alive connection stays open once draining
 REPLAY_LIMIT = 64 * 1024  # request bytes kept to resend on a fresh connection
 PENDING_LIMIT = 256 * 1024
@@ -289,7 +290,7 @@ class ExchangeState:
         transport = self._transport
         if transport is not None and self._phase != CLOSED:
             transport.write(error_response(status, extra=extra))
-        self._close()
+        self._close(linger=True)
 
     def _abort_exchange(self) -> None:
         """Drop the server side of an unfinished exchange."""
@@ -302,15 +303,30 @@ class ExchangeState:
         if self._req is not None or self._connecting is not None:
             self._end_exchange()
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """Close after what was written; `linger`: the client may still be sending."""
         if self._phase == TUNNEL and self._up is not None:
             up, self._up = self._up, None
             up.close()
         self._abort_exchange()
-        if self._phase != CLOSED:
-            self._phase = CLOSED
-            if self._transport is not None:
-                self._transport.close()
+        if self._phase == CLOSED:
+            return
+        self._phase = CLOSED
+        transport = self._transport
+        if transport is None:
+            return
+        if linger and transport.can_write_eof():
+            # RFC 9112 §9.6: closing with unread bytes from the client answers them with a
+            # reset, which can destroy the response the client has not read yet. So: send
+            # our FIN, read and discard what still arrives (data_received ignores a closed
+            # connection), and close for good a little later.
+            if self._pause:
+                self._pause = 0
+                transport.resume_reading()
+            transport.write_eof()
+            self._loop.call_later(LINGER, transport.close)
+        else:
+            transport.close()
 
     def _abort(self) -> None:
         self._abort_exchange()

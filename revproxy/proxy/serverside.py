@@ -420,7 +420,11 @@ class ServerSide(ExchangeState):
             else:
                 up.close()
         self._end_exchange()
-        if self._close_after or not self._req_done:
+        if not self._req_done:
+            # Answered before the request body was all read: the client may still send it.
+            self._close(linger=True)
+            return
+        if self._close_after:
             self._close()
             return
         if self._eof and b"\r\n\r\n" not in self._buf:

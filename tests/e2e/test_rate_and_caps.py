@@ -17,6 +17,7 @@ from harness import (
     exchange,
     http_call,
     read_response,
+    read_until_closed,
     simple_config,
     wait_for,
 )
@@ -134,6 +135,33 @@ def test_failed_tls_handshakes_are_counted(tmp_path: Path) -> None:
             return 'revproxy_tls_handshake_failures_total{listener="plain"} 3.0' in text
 
         wait_for(counted, 10, "three failed handshakes in the metrics")
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_an_early_answer_ends_with_a_fin_not_a_reset(tmp_path: Path) -> None:
+    # The proxy answers 413 as soon as it sees the declared length, while body bytes it will
+    # never forward are already on their way. Closing with them unread would send a reset,
+    # which can destroy the 413 in the client's buffers before the client reads it; the
+    # proxy half-closes instead and drains them, so the client sees the answer, then EOF.
+    server = ScriptedServer().start()
+    config = simple_config(
+        server.port, service_extra="[services.main.limits]\nmax_body_bytes = 1000\n"
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+        with connect(proxy.port("plain")) as sock:
+            sock.sendall(
+                b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 50000000\r\n\r\n" + b"x" * 262144
+            )
+            status, headers, _ = read_response(sock)
+            assert status == 413
+            assert headers.get("connection") == "close"
+            # More of the body may still arrive; it is read and dropped, not reset.
+            sock.sendall(b"x" * 65536)
+            assert read_until_closed(sock, 10.0)[1] == "eof"
+        assert server.requests == []
     finally:
         assert proxy.stop() == 0
         server.stop()
