@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from revproxy.config.model import CertificateConfig
 from revproxy.tls.certificates import LoadedCertificate, read_certificate
 from revproxy.tls.checks import ERROR, days_left, key_description, subject_of
 from revproxy.tls.errors import TLSConfigError
+from revproxy.tls.formats import write_atomic
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -132,20 +131,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if loaded.errors else 0
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically with `mode` from the start (a key is never readable by others)."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    path.chmod(mode)
-
-
 def cmd_import(args: argparse.Namespace) -> int:
     try:
         loaded = read_certificate(_config(args), args.chain_dir)
@@ -165,10 +150,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not out.exists():
         out.mkdir(mode=0o700, parents=True)
         out.chmod(0o700)
-    _write(out / "key.pem", key_pem, 0o600)
-    _write(out / "cert.pem", cert_pem, 0o644)
-    _write(out / "chain.pem", chain_pem, 0o644)
-    _write(out / "fullchain.pem", cert_pem + chain_pem, 0o644)
+    write_atomic(out / "key.pem", key_pem, 0o600)
+    write_atomic(out / "cert.pem", cert_pem, 0o644)
+    write_atomic(out / "chain.pem", chain_pem, 0o644)
+    write_atomic(out / "fullchain.pem", cert_pem + chain_pem, 0o644)
     print(f"wrote {out}/cert.pem, chain.pem ({len(loaded.chain)} intermediates),")
     print(f"      {out}/fullchain.pem and key.pem (mode 0600)")
     for finding in loaded.findings:

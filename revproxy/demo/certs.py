@@ -15,7 +15,6 @@ import argparse
 import datetime
 import ipaddress
 import logging
-import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+
+from revproxy.tls.formats import write_atomic
 
 log = logging.getLogger("revproxy.demo")
 
@@ -96,17 +97,7 @@ class DevCerts:
 def _write(path: Path, data: bytes, secret: bool = False) -> None:
     """Write atomically; secrets are created 0600 from the start, never widened later."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    if secret:
-        path.chmod(0o600)  # an older file replaced in place keeps nothing wider
+    write_atomic(path, data, 0o600 if secret else 0o644)
 
 
 def _write_cert(path: Path, cert: x509.Certificate) -> None:

@@ -40,7 +40,7 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9112 §3.2 with RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]{0,5}))?")
 # RFC 3986 §2.3: "%2E" is the same as "." once a server normalizes the path.
-_DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?:/|$)")
+DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?:/|$)")
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, value, raw line)
 
@@ -217,7 +217,7 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
         path = b"*"
     else:
         raise HttpError(400, "invalid request target")
-    if (b"." in path or b"%" in path) and _DOT_SEGMENT.search(path):
+    if (b"." in path or b"%" in path) and DOT_SEGMENT.search(path):
         # Dot-segments would let a path escape the prefix it was routed by.
         raise HttpError(400, "dot-segment in path")
     req.path = path

@@ -32,6 +32,7 @@ from http import HTTPStatus
 
 from revproxy.config.model import RuleConfig, ServiceConfig
 from revproxy.config.rules import GROUP, LITERAL, Part, compile_regex, parse_substitution
+from revproxy.http.head import DOT_SEGMENT
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, value, raw line), as http/head.py
 HeaderLookup = Callable[[bytes], bytes | None]
@@ -47,7 +48,6 @@ _PATH_KINDS = {"prefix": PREFIX, "exact": EXACT, "regex": REGEX}
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _VALID_TARGET = re.compile(rb"/[\x21-\x7e]*")
-_DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?:/|$)")
 # Fields a changed body makes wrong: its length, its strong validator, byte ranges of it.
 _STALE_WHEN_REPLACED = frozenset({b"content-length", b"etag", b"accept-ranges", b"content-md5"})
 
@@ -502,7 +502,7 @@ def _answer(answer: Answer, response_ops: list[HeaderOp], names: list[str]) -> R
 
 def _valid_target(target: bytes) -> bool:
     path = target.partition(b"?")[0]
-    return _VALID_TARGET.fullmatch(target) is not None and _DOT_SEGMENT.search(path) is None
+    return _VALID_TARGET.fullmatch(target) is not None and DOT_SEGMENT.search(path) is None
 
 
 def _unescape_unreserved(m: re.Match[bytes]) -> bytes:

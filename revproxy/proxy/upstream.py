@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from revproxy.balance.pool import Server
 from revproxy.config.model import PoolConfig
+from revproxy.tls.context import server_hostname
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -116,7 +117,7 @@ class Endpoint:
         self.server = server
         self.pool_config = pool_config
         self.ssl_context = ssl_context
-        self.server_hostname = pool_config.server_name or server.config.host
+        self.server_hostname = server_hostname(pool_config, server.config)
         self.idle: list[ServerConnection] = []
         self.max_idle = pool_config.max_idle_per_server
         self.idle_timeout = pool_config.idle_timeout

@@ -11,6 +11,7 @@ starts with version 3), a PKCS#7 SignedData.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,3 +193,18 @@ def read_chain_dir(folder: Path) -> tuple[list[x509.Certificate], list[str]]:
         except TLSConfigError as exc:
             skipped.append(str(exc))
     return certs, skipped
+
+
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` whole or not at all, with `mode` from the first byte on (a private key
+    is never readable by others, not even for a moment); replaces an older file."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    path.chmod(mode)  # an older file replaced in place keeps nothing wider
