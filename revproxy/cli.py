@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Development certificates, demo real servers, and the proxy on the demo configuration."""
     from revproxy.demo.certs import ensure_dev_certs
-    from revproxy.demo.layout import SERVER_SETS, listen_args
+    from revproxy.demo.layout import SERVER_SETS, listen_args, wait_until_listening
     from revproxy.process.master import serve
 
     certs = ensure_dev_certs(DEV_CERTS)
@@ -111,6 +111,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         for address, lync, mail in SERVER_SETS
     ]
+    try:
+        # The proxy's first health checks run at once: with the servers already listening,
+        # they pass, and the first requests find every pool up.
+        wait_until_listening(backends)
+    except RuntimeError as exc:
+        print(f"revproxy demo: {exc}", file=sys.stderr)
+        _stop(backends)
+        return 1
     cacert = os.path.relpath(certs.public_root)
     print(
         "\nrevproxy demo: try\n"
@@ -128,13 +136,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         return serve(str(DEMO_CONFIG))
     finally:
-        for proc in backends:
-            proc.terminate()
-        for proc in backends:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _stop(backends)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def build_parser() -> argparse.ArgumentParser:

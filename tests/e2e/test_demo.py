@@ -54,7 +54,11 @@ def _ready(proc: subprocess.Popen[bytes], log_path: Path) -> bool:
     text = log_path.read_text(errors="replace")
     if proc.poll() is not None:
         raise AssertionError(f"revproxy demo exited with {proc.returncode}:\n{text}")
-    return "revproxy started" in text and text.count(" listening on ") == 8
+    return (
+        "revproxy started" in text
+        and text.count(" listening on ") == 8
+        and "admin on 127.0.0.1:9000" in text
+    )
 
 
 def _states() -> dict[str, str]:
@@ -181,6 +185,16 @@ def test_meet_and_mail_get_different_certificates(demo: Demo) -> None:
     assert _certificate("meet.demo.test") != _certificate("mail.demo.test")
     # Both verify against the development root: the chain is complete.
     assert _certificate("dialin.demo.test") == _certificate("meet.demo.test")
+
+
+def test_servers_listen_before_the_proxy_starts(demo: Demo) -> None:
+    # The first health checks run as the proxy starts; servers already listening pass them,
+    # so the first requests are not refused with 503 while the pools come up.
+    log = demo.log()
+    started = log.index("revproxy started")
+    listening = [i for i in range(len(log)) if log.startswith(" listening on ", i)]
+    assert len(listening) == 8
+    assert max(listening) < started
 
 
 def test_plain_http_with_host_lyncdiscover(demo: Demo) -> None:
