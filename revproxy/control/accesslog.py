@@ -18,6 +18,7 @@ import re
 import select
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from revproxy.config.model import AccessLogConfig
 from revproxy.proxy.stats import AccessEntry
@@ -60,79 +61,71 @@ class _Clock:
         return self._text
 
 
+# The fields of an access-log entry, in the order revproxy/proxy/stats.py records them.
+ENTRY_FIELDS = (
+    "listener",
+    "client_ip",
+    "service",
+    "pool",
+    "server",
+    "method",
+    "target",
+    "http11",
+    "host",
+    "referer",
+    "agent",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "started",
+    "upstream",
+    "total",
+    "request_id",
+)
+
+
+def _fields(entry: AccessEntry) -> dict[str, Any]:
+    return dict(zip(ENTRY_FIELDS, entry, strict=True))
+
+
 def format_combined(entry: AccessEntry, wall_offset: float, clock: _Clock) -> str:
-    (
-        listener,
-        client_ip,
-        service,
-        _pool,
-        server,
-        method,
-        target,
-        http11,
-        _host,
-        referer,
-        agent,
-        status,
-        bytes_in,
-        bytes_out,
-        started,
-        upstream,
-        total,
-        request_id,
-    ) = entry
-    request = f"{_text(method, '')} {_text(target, '')} HTTP/1.{1 if http11 else 0}"
+    f = _fields(entry)
+    upstream = f["upstream"]
+    request = f"{_text(f['method'], '')} {_text(f['target'], '')} HTTP/1.{1 if f['http11'] else 0}"
     upstream_text = f"{upstream:.6f}" if upstream >= 0 else "-"
     return (
-        f"{client_ip or '-'} - - [{clock.combined(started + wall_offset)}] "
-        f'"{request}" {status} {bytes_out or "-"} "{_text(referer)}" "{_text(agent)}" '
-        f"listener={_text(listener)} service={_text(service)} server={_text(server)} "
-        f"upstream={upstream_text} total={total:.6f} in={bytes_in} rid={_text(request_id)}\n"
+        f"{f['client_ip'] or '-'} - - [{clock.combined(f['started'] + wall_offset)}] "
+        f'"{request}" {f["status"]} {f["bytes_out"] or "-"} "{_text(f["referer"])}" '
+        f'"{_text(f["agent"])}" listener={_text(f["listener"])} service={_text(f["service"])} '
+        f"server={_text(f['server'])} upstream={upstream_text} total={f['total']:.6f} "
+        f"in={f['bytes_in']} rid={_text(f['request_id'])}\n"
     )
 
 
 def format_json(entry: AccessEntry, wall_offset: float) -> str:
-    (
-        listener,
-        client_ip,
-        service,
-        pool,
-        server,
-        method,
-        target,
-        http11,
-        host,
-        referer,
-        agent,
-        status,
-        bytes_in,
-        bytes_out,
-        started,
-        upstream,
-        total,
-        request_id,
-    ) = entry
-    wall = started + wall_offset
+    f = _fields(entry)
+    wall = f["started"] + wall_offset
+    upstream = f["upstream"]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
     record = {
         "time": f"{stamp}.{int(wall % 1 * 1000):03d}Z",
-        "client": client_ip,
-        "listener": listener,
-        "method": _plain(method),
-        "target": _plain(target),
-        "protocol": "HTTP/1.1" if http11 else "HTTP/1.0",
-        "host": _plain(host),
-        "status": status,
-        "bytes_in": bytes_in,
-        "bytes_out": bytes_out,
-        "referer": _plain(referer),
-        "user_agent": _plain(agent),
-        "service": service,
-        "pool": pool,
-        "server": server,
+        "client": f["client_ip"],
+        "listener": f["listener"],
+        "method": _plain(f["method"]),
+        "target": _plain(f["target"]),
+        "protocol": "HTTP/1.1" if f["http11"] else "HTTP/1.0",
+        "host": _plain(f["host"]),
+        "status": f["status"],
+        "bytes_in": f["bytes_in"],
+        "bytes_out": f["bytes_out"],
+        "referer": _plain(f["referer"]),
+        "user_agent": _plain(f["agent"]),
+        "service": f["service"],
+        "pool": f["pool"],
+        "server": f["server"],
         "upstream_time": round(upstream, 6) if upstream >= 0 else None,
-        "total_time": round(total, 6),
-        "request_id": _plain(request_id),
+        "total_time": round(f["total"], 6),
+        "request_id": _plain(f["request_id"]),
     }
     return json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n"
 
