@@ -120,11 +120,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--transfer-timeout", type=float, default=120.0, help="seconds per 1 GiB transfer"
     )
+    p.add_argument(
+        "--same-load",
+        type=float,
+        default=0.5,
+        help="latency runs at this share of the slower proxy's requests/s, offered to both"
+        " (0.5; 0 skips them)",
+    )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.duration > 60:
         p.error("--duration must be in (0, 60]")
+    if not 0 <= args.same_load < 1:
+        p.error("--same-load must be in [0, 1)")
     if not 1 <= args.rounds <= 5:
         p.error("--rounds must be in [1, 5]")
     if not 1 <= args.connections <= 10000 or not 1 <= args.big_connections <= 10000:
@@ -278,10 +287,32 @@ def check_content(proxy: Proxy) -> None:
 # --- measuring -----------------------------------------------------------------------
 
 
-def run_wrk(url: str, connections: int, duration: float, close: bool) -> str:
+# wrk script that paces requests: before each one a connection waits a random time,
+# exponentially distributed around MEAN_MS, so all connections together offer about
+# connections * 1000 / MEAN_MS requests per second (a little less: the response time adds).
+_PACING_LUA = """-- written by bench/run.py: paced requests for the same-load latency runs
+local mean_ms = %f
+function delay()
+  return math.floor(-mean_ms * math.log(1 - math.random()) + 0.5)
+end
+"""
+
+
+def pacing_script(tmp: Path, connections: int, rate: float) -> Path:
+    """A wrk script that makes `connections` connections offer about `rate` requests/s."""
+    path = tmp / f"pace-{rate:.0f}.lua"
+    path.write_text(_PACING_LUA % (1000.0 * connections / rate))
+    return path
+
+
+def run_wrk(
+    url: str, connections: int, duration: float, close: bool, script: Path | None = None
+) -> str:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
     if close:
         argv += ["-H", "Connection: close"]
+    if script is not None:
+        argv += ["-s", str(script)]
     argv.append(url)
     try:
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30)
@@ -292,11 +323,27 @@ def run_wrk(url: str, connections: int, duration: float, close: bool) -> str:
     return cp.stdout
 
 
-def measure(proxy: Proxy, scenario: Scenario, duration: float, round_no: int) -> dict[str, Any]:
-    """One wrk run against one proxy, with the CPU its processes spent meanwhile."""
+def measure(
+    proxy: Proxy,
+    scenario: Scenario,
+    duration: float,
+    round_no: int,
+    pacing: tuple[float, Path] | None = None,
+) -> dict[str, Any]:
+    """One wrk run against one proxy, with the CPU its processes spent meanwhile.
+
+    `pacing`: (offered requests/s, wrk script) for a run at a set load instead of as fast
+    as the proxy answers.
+    """
     proxy.check_alive()
     before = processes.cpu_by_process(proxy.server.pid)
-    text = run_wrk(scenario.url(proxy), scenario.connections, duration, scenario.close)
+    text = run_wrk(
+        scenario.url(proxy),
+        scenario.connections,
+        duration,
+        scenario.close,
+        None if pacing is None else pacing[1],
+    )
     after = processes.cpu_by_process(proxy.server.pid)
     # Per process too: shows whether the workers shared the connections.
     by_pid = {pid: round(t - before.get(pid, 0.0), 3) for pid, t in after.items()}
@@ -307,6 +354,7 @@ def measure(proxy: Proxy, scenario: Scenario, duration: float, round_no: int) ->
         "round": round_no,
         "url": scenario.url(proxy),
         "connections": scenario.connections,
+        "offered_rps": None if pacing is None else round(pacing[0]),
         "cpu_s": round(cpu, 3),
         "cpu_s_by_pid": {str(pid): t for pid, t in sorted(by_pid.items())},
     }
@@ -338,6 +386,7 @@ def run_scenarios(
     proxies: list[Proxy],
     scenarios: list[Scenario],
     runs: list[dict[str, Any]],
+    tmp: Path,
 ) -> dict[str, dict[str, Any]]:
     """Each scenario as A, B then B, A (rounds times); keeps each proxy's best-rps run.
 
@@ -361,7 +410,13 @@ def run_scenarios(
             time.sleep(0.5)
         best = {
             p.name: report.best_run(
-                [r for r in runs if r["scenario"] == scenario.name and r["proxy"] == p.name]
+                [
+                    r
+                    for r in runs
+                    if r["scenario"] == scenario.name
+                    and r["proxy"] == p.name
+                    and not r.get("same_load")
+                ]
             )
             for p in proxies
         }
@@ -370,7 +425,49 @@ def run_scenarios(
             "revproxy": best.get("revproxy"),
             "ratios": report.compare(best.get("nginx"), best.get("revproxy")),
         }
+        if args.same_load > 0 and len(proxies) == 2:
+            summary[scenario.name]["same_load"] = same_load(
+                args, proxies, scenario, summary[scenario.name], runs, tmp
+            )
     return summary
+
+
+def same_load(
+    args: argparse.Namespace,
+    proxies: list[Proxy],
+    scenario: Scenario,
+    saturated: dict[str, Any],
+    runs: list[dict[str, Any]],
+    tmp: Path,
+) -> dict[str, Any] | None:
+    """Latency of both proxies at one offered load, a share of what the slower one carried.
+
+    Flat out, each proxy's latency follows from its own throughput (connections / rps);
+    at the same offered load below both maxima it shows how long each makes a request wait.
+    """
+    carried = [saturated[p.name]["rps"] for p in proxies if saturated.get(p.name)]
+    if len(carried) != 2:
+        return None
+    rate = args.same_load * min(carried)
+    pacing = (rate, pacing_script(tmp, scenario.connections, rate))
+    paced: dict[str, dict[str, Any]] = {}
+    for i, proxy in enumerate(proxies + proxies[::-1]):
+        run = measure(proxy, scenario, args.duration, 1 + i // len(proxies), pacing)
+        run["same_load"] = True
+        runs.append(run)
+        print(f"  {scenario.name:<16} {proxy.name:<9} {describe(run)}  at {rate:.0f} rps offered")
+        time.sleep(0.5)
+        # Of each proxy's two runs, the one with the lower p99: the least disturbed.
+        kept = paced.get(proxy.name)
+        if run.get("ok") and (kept is None or run["p99_s"] < kept["p99_s"]):
+            paced[proxy.name] = run
+    nginx, revproxy = paced.get("nginx"), paced.get("revproxy")
+    return {
+        "offered_rps": round(rate),
+        "nginx": nginx,
+        "revproxy": revproxy,
+        "ratios": report.compare(nginx, revproxy),
+    }
 
 
 def transfer(
@@ -528,13 +625,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: temporary directory {tmp}", flush=True)
         _, proxies = start_all(args, tmp, servers)
         n_runs = 2 * args.rounds * len(proxies)
+        if args.same_load > 0 and len(proxies) == 2:
+            n_runs += 4
         estimate = len(scenarios) * n_runs * (args.duration + 0.6)
         print(
             f"bench: {len(scenarios)} scenarios x {n_runs} runs of"
             f" {args.duration:g} s (about {estimate:.0f} s), then the big transfers",
             flush=True,
         )
-        summary = run_scenarios(args, proxies, scenarios, runs)
+        summary = run_scenarios(args, proxies, scenarios, runs, tmp)
         results["scenarios"] = summary
         if not args.no_memory:
             run_memory(args, proxies, tmp, memory)
@@ -585,6 +684,10 @@ def print_summary(results: dict[str, Any]) -> None:
         f" best of {2 * results['options']['rounds']} runs per proxy"
     )
     print(report.scenario_table(results["scenarios"]))
+    same = report.same_load_table(results["scenarios"])
+    if same:
+        print()
+        print(same)
     if results["memory"]:
         print()
         print(report.memory_table(results["memory"]))

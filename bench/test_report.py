@@ -1,0 +1,87 @@
+"""The comparison report and the pacing script (run with: .venv/bin/python -m pytest bench)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import report
+from run import pacing_script, run_wrk
+from wrk_output import parse_wrk
+
+
+def _run(rps: float, p99: float) -> dict[str, object]:
+    return {"ok": True, "rps": rps, "rps_per_cpu_s": rps / 4, "p99_s": p99, "p50_s": p99 / 4}
+
+
+def test_p99_target_is_judged_at_the_same_load() -> None:
+    scenarios = {
+        "keepalive-plain": {
+            # Flat out revproxy's p99 is 3x nginx's; at the same offered load only 1.2x.
+            "nginx": _run(30000, 0.004),
+            "revproxy": _run(10000, 0.012),
+            "ratios": report.compare(_run(30000, 0.004), _run(10000, 0.012)),
+            "same_load": {
+                "offered_rps": 5000,
+                "nginx": _run(4990, 0.001),
+                "revproxy": _run(4980, 0.0012),
+                "ratios": report.compare(_run(4990, 0.001), _run(4980, 0.0012)),
+            },
+        },
+        "1mib": {
+            "nginx": _run(800, 0.04),
+            "revproxy": _run(900, 0.08),
+            "ratios": report.compare(_run(800, 0.04), _run(900, 0.08)),
+        },
+    }
+    by_name = {t["target"]: t for t in report.targets(scenarios, [])}
+    same = by_name["keepalive-plain: p99 ratio at the same load (5000 rps) <= 1.5"]
+    assert same["status"] == "PASS"
+    assert same["value"] == pytest.approx(1.2)
+    flat = by_name["1mib: p99 ratio (flat out) <= 1.5"]
+    assert flat["status"] == "FAIL"
+    table = report.same_load_table(scenarios)
+    assert "keepalive-plain" in table and "5000" in table and "1.20" in table
+    assert "1mib" not in table
+    assert report.same_load_table({"1mib": scenarios["1mib"]}) == ""
+
+
+def test_pacing_script_sets_the_mean_gap(tmp_path: Path) -> None:
+    # 50 connections offering 5,000 requests/s together: 10 ms between one connection's requests.
+    text = pacing_script(tmp_path, 50, 5000.0).read_text()
+    assert "local mean_ms = 10.000000" in text
+    assert "function delay()" in text
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_wrk_with_the_pacing_script_offers_the_set_rate(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (make sysdeps)")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        # Two connections offering 40 requests/s for 2 s: about 80 requests, where unpaced
+        # wrk sends thousands.
+        text = run_wrk(url, 2, 2.0, False, pacing_script(tmp_path, 2, 40.0))
+    finally:
+        server.shutdown()
+        server.server_close()
+    sent = parse_wrk(text).requests
+    assert 40 <= sent <= 120, text
