@@ -1,6 +1,7 @@
 """A broadcast-sized run: N clients hold long polls through one proxy, then all are answered.
 
     python -m loadtest.broadcast --clients 10000        (make loadtest-broadcast)
+    python -m loadtest.broadcast --clients 3000 --compare       (revproxy, then nginx)
 
 Like a UCWA event channel or ActiveSync Direct Push at the scale of a large
 audience: every client opens a TLS connection to the proxy and sends one long-poll
@@ -9,6 +10,11 @@ When all N are held the proxy's memory is measured; then the servers answer ever
 poll at once (POST /_demo/release, the "broadcast") and each client checks its
 answer. The result: errors (target 0) and the proxy's memory per held connection,
 (RSS of all its processes while held - RSS before) / N (target under 20 KiB).
+
+The proxy is revproxy on the demo configuration, or with --proxy nginx an nginx
+configured the same way as far as nginx allows (loadtest/nginx.py) in front of the
+same demo servers: the figure a C proxy on the same OpenSSL reaches on this machine.
+--compare measures both, one after the other, with the same settings.
 
 File descriptors decide the process layout. Each process may hold RLIMIT_NOFILE fds
 (20,000 on the reference machine). A proxied connection costs the proxy worker two
@@ -30,15 +36,26 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-from loadtest.demo import DOMAIN, REPO, Demo, start_demo, stop_process, workers_for
+from loadtest.demo import (
+    DOMAIN,
+    REPO,
+    DemoServers,
+    start_demo,
+    start_demo_servers,
+    stop_process,
+    workers_for,
+)
+from loadtest.nginx import start_nginx
 from loadtest.procstat import process_tree, tree_usage
 
 EVENTS = "/ucwa/oauth/v1/applications/broadcast/events"
+PROXIES = ("revproxy", "nginx")
 
 
 class ClientProcess:
@@ -75,19 +92,99 @@ class ClientProcess:
         self.log.close()
 
 
-def _get_json(url: str, method: str = "GET") -> dict[str, Any]:
+@dataclass(frozen=True)
+class Layout:
+    """How many processes of each kind a run of `clients` connections uses."""
+
+    clients: int
+    fd_limit: int
+    proxy_workers: int
+    client_processes: int
+    backend_processes: int
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Layout:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        n = args.clients
+        return cls(
+            clients=n,
+            fd_limit=limit,
+            proxy_workers=args.proxy_workers or max(2, workers_for(n, limit, 2)),
+            client_processes=args.client_processes or max(1, math.ceil(n / 2500)),
+            backend_processes=args.backend_processes or max(1, workers_for(n, limit, 1)),
+        )
+
+
+@dataclass
+class Target:
+    """The proxy the clients go through, and the demo servers behind it."""
+
+    proxy: str  # "revproxy" or "nginx"
+    pid: int  # the proxy's main process: it and its descendants are measured
+    port: int
+    ca: Path  # verifies the proxy's certificate
+    servers: DemoServers
+    stop: Callable[[], None]
+
+
+def start_target(proxy: str, results: Path, layout: Layout, hold: float, tls: bool) -> Target:
+    """The demo servers and `proxy` in front of them, with `layout`'s worker count; their
+    configuration and logs go to `results`/demo (and `results`/nginx)."""
+    if proxy == "revproxy":
+        demo = start_demo(
+            results / "demo",
+            hold=hold,
+            workers=layout.proxy_workers,
+            backend_processes=layout.backend_processes,
+        )
+        port = demo.ports["https" if tls else "http"]
+        return Target(proxy, demo.proxy.pid, port, demo.ca, demo.servers, demo.stop)
+    servers = start_demo_servers(results / "demo", hold=hold, processes=layout.backend_processes)
+    try:
+        nginx = start_nginx(
+            results / "nginx",
+            servers,
+            workers=layout.proxy_workers,
+            connections=layout.clients,
+            tls=tls,
+        )
+    except BaseException:
+        servers.stop()
+        raise
+
+    def stop() -> None:
+        nginx.stop()
+        servers.stop()
+
+    return Target(proxy, nginx.proc.pid, nginx.port, servers.certs.public_root, servers, stop)
+
+
+def _get_json(url: str, method: str = "GET", patience: float = 60.0) -> dict[str, Any]:
+    """The JSON answer of a demo server's control endpoint, asked again (for up to
+    `patience` seconds) while the server is too busy with connections to answer."""
+    deadline = time.monotonic() + patience
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
-        return dict(json.loads(response.read()))
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+                return dict(json.loads(response.read()))
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
-def _backend_urls(demo: Demo) -> list[str]:
+def _backend_urls(servers: DemoServers) -> list[str]:
     # The plain listener that plays lync-fe1's port 8080, one per server process.
-    return [f"http://127.0.0.1:{ports[8080]}" for ports in demo.backend_ports]
+    return [f"http://127.0.0.1:{ports[8080]}" for ports in servers.ports]
 
 
-def held(demo: Demo) -> int:
-    return sum(int(_get_json(f"{url}/_demo/held")["held"]) for url in _backend_urls(demo))
+def held(servers: DemoServers, patience: float = 60.0) -> int:
+    """Long polls the demo servers hold now."""
+    return sum(
+        int(_get_json(f"{url}/_demo/held", patience=patience)["held"])
+        for url in _backend_urls(servers)
+    )
 
 
 def proxy_memory(pid: int, samples: int = 3, gap: float = 1.0) -> tuple[int, int]:
@@ -112,7 +209,7 @@ def per_process(pid: int) -> list[tuple[int, int, int]]:
 
 
 def _clients(
-    demo: Demo,
+    target: Target,
     args: argparse.Namespace,
     processes: int,
     path: str,
@@ -121,14 +218,13 @@ def _clients(
     results: Path,
     tag: str,
 ) -> list[ClientProcess]:
-    port = demo.ports["http" if args.plain else "https"]
     clients = []
     for i in range(processes):
         share = count // processes + (1 if i < count % processes else 0)
         client_args = [
-            "--connect", f"127.0.0.1:{port}",
+            "--connect", f"127.0.0.1:{target.port}",
             "--name", f"meet.{DOMAIN}",
-            "--ca", str(demo.ca),
+            "--ca", str(target.ca),
             "--path", path,
             "--count", str(share),
             "--rate", str(rate / processes),
@@ -150,43 +246,34 @@ def _totals(clients: list[ClientProcess]) -> tuple[int, int, Counter[str]]:
     return connected, answered, errors
 
 
-def run(args: argparse.Namespace) -> int:
-    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    n = args.clients
-    proxy_workers = args.proxy_workers or max(2, workers_for(n, limit, 2))
-    client_processes = args.client_processes or max(1, math.ceil(n / 2500))
-    backend_processes = args.backend_processes or max(1, workers_for(n, limit, 1))
-    results = Path(
-        args.results
-        or REPO / "loadtest" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-broadcast-{n}"
-    )
+def measure(args: argparse.Namespace, layout: Layout, proxy: str, results: Path) -> dict[str, Any]:
+    """One run through `proxy`: warm-up, ramp, held measurement, broadcast; its summary."""
+    n = layout.clients
     results.mkdir(parents=True, exist_ok=True)
-    print(
-        f"broadcast: {n} {'plain HTTP' if args.plain else 'TLS'} long polls; fd limit {limit} "
-        f"per process; a proxied connection holds 2 fds in its worker, so {proxy_workers} proxy "
-        f"workers (~{2 * n // proxy_workers} fds each); {client_processes} client processes "
-        f"(~{n // client_processes} connections each); {backend_processes} demo server "
-        f"processes; results in {results}",
-        flush=True,
-    )
     hold = args.deadline + 60  # the servers answer by themselves if nobody releases them
-    demo = start_demo(
-        results / "demo", hold=hold, workers=proxy_workers, backend_processes=backend_processes
-    )
+    target = start_target(proxy, results, layout, hold, not args.plain)
     clients: list[ClientProcess] = []
     summary: dict[str, Any] = {
+        "proxy": proxy,
         "clients": n,
         "tls": not args.plain,
-        "fd_limit": limit,
-        "proxy_workers": proxy_workers,
-        "client_processes": client_processes,
-        "backend_processes": backend_processes,
+        "fd_limit": layout.fd_limit,
+        "proxy_workers": layout.proxy_workers,
+        "client_processes": layout.client_processes,
+        "backend_processes": layout.backend_processes,
     }
     try:
-        pid = demo.proxy.pid
+        pid = target.pid
         # Warm-up: every worker builds its TLS contexts and server connections first.
         warm = _clients(
-            demo, args, 1, f"{EVENTS}?ack=1&timeout=0", 20 * proxy_workers, 50.0, results, "warmup"
+            target,
+            args,
+            1,
+            f"{EVENTS}?ack=1&timeout=0",
+            20 * layout.proxy_workers,
+            50.0,
+            results,
+            "warmup",
         )
         _wait(lambda: all(c.done() for c in warm), 60, "the warm-up")
         warm_errors = _totals(warm)[2]
@@ -196,13 +283,13 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"the warm-up failed: {dict(warm_errors)} (see {results})")
         time.sleep(1.0)
         base_rss, base_fds = proxy_memory(pid)
-        print(f"proxy before: RSS {base_rss / 2**20:.1f} MiB, {base_fds} fds", flush=True)
+        print(f"{proxy} before: RSS {base_rss / 2**20:.1f} MiB, {base_fds} fds", flush=True)
 
         started = time.monotonic()
         clients = _clients(
-            demo,
+            target,
             args,
-            client_processes,
+            layout.client_processes,
             f"{EVENTS}?ack=1&timeout={hold:.0f}",
             n,
             args.rate,
@@ -212,12 +299,15 @@ def run(args: argparse.Namespace) -> int:
         ramp_deadline = started + args.deadline - 30
         holding = 0
         while time.monotonic() < ramp_deadline:
-            holding = held(demo)
+            try:
+                holding = held(target.servers, patience=0)
+            except OSError:
+                pass  # the servers are busy accepting; the next round asks again
             connected, _, errors = _totals(clients)
             usage = tree_usage(pid)
             print(
                 f"[{time.monotonic() - started:5.0f} s] connected {connected:>6}  held "
-                f"{holding:>6}  errors {sum(errors.values()):>4}  proxy RSS "
+                f"{holding:>6}  errors {sum(errors.values()):>4}  {proxy} RSS "
                 f"{usage.rss_bytes / 2**20:7.1f} MiB  fds {usage.fds:>6}",
                 flush=True,
             )
@@ -227,18 +317,19 @@ def run(args: argparse.Namespace) -> int:
         ramp_seconds = time.monotonic() - started
         time.sleep(args.settle)
         held_rss, held_fds = proxy_memory(pid)
-        holding = held(demo)
+        holding = held(target.servers)
         workers = per_process(pid)
         per_conn = (held_rss - base_rss) / max(1, holding)
         print(
-            f"proxy while {holding} held: RSS {held_rss / 2**20:.1f} MiB, {held_fds} fds; "
+            f"{proxy} while {holding} held: RSS {held_rss / 2**20:.1f} MiB, {held_fds} fds; "
             f"{per_conn / 1024:.1f} KiB per held connection",
             flush=True,
         )
 
         released_at = time.time()
         released = sum(
-            int(_get_json(f"{u}/_demo/release", "POST")["released"]) for u in _backend_urls(demo)
+            int(_get_json(f"{u}/_demo/release", "POST")["released"])
+            for u in _backend_urls(target.servers)
         )
         _wait(lambda: all(c.done() for c in clients), 60, "every client's answer")
         connected, answered, errors = _totals(clients)
@@ -263,26 +354,120 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for client in clients:
             client.stop()
-        demo.stop()
-    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    errors_total = sum(summary.get("errors", {}).values()) + sum(
-        summary.get("warmup_errors", {}).values()
+        target.stop()
+    return summary
+
+
+def _errors(summary: dict[str, Any]) -> int:
+    return sum(summary.get("errors", {}).values()) + sum(summary.get("warmup_errors", {}).values())
+
+
+def passed(summary: dict[str, Any], max_kib: float) -> bool:
+    """No errors, every client answered, and the memory per held connection on target."""
+    return (
+        _errors(summary) == 0
+        and summary.get("answered") == summary["clients"]
+        and summary.get("kib_per_connection", 1e9) <= max_kib
     )
-    ok = (
-        errors_total == 0
-        and summary.get("answered") == n
-        and summary.get("kib_per_connection", 1e9) <= args.max_kib
-    )
+
+
+def report(summary: dict[str, Any], max_kib: float, details: Path) -> bool:
+    """Print one run's result; True when it passed."""
+    ok = passed(summary, max_kib)
+    proxy, processes = summary["proxy"], summary["processes"]
     print(
-        f"\nclients {n}: held {summary.get('held')}, answered {summary.get('answered')}, "
-        f"errors {errors_total} {summary.get('errors') or ''}\n"
+        f"\n{proxy}, clients {summary['clients']}: held {summary.get('held')}, answered "
+        f"{summary.get('answered')}, errors {_errors(summary)} {summary.get('errors') or ''}\n"
         f"ramp {summary.get('ramp_seconds')} s; broadcast answered everyone in "
         f"{summary.get('delivery_seconds')} s\n"
-        f"proxy RSS {base_rss / 2**20:.1f} -> {held_rss / 2**20:.1f} MiB over "
-        f"{len(workers)} processes: {summary.get('kib_per_connection')} KiB per held "
-        f"{'TLS ' if not args.plain else ''}connection (target {args.max_kib:g} KiB)\n"
-        + "\n".join(f"  pid {p}: RSS {r / 2**20:.1f} MiB, {f} fds" for p, r, f in workers)
-        + f"\n{'PASS' if ok else 'FAIL'}; details in {results / 'summary.json'}",
+        f"{proxy} RSS {summary['proxy_rss_before'] / 2**20:.1f} -> "
+        f"{summary['proxy_rss_held'] / 2**20:.1f} MiB over {len(processes)} processes: "
+        f"{summary.get('kib_per_connection')} KiB per held "
+        f"{'TLS ' if summary['tls'] else ''}connection (target {max_kib:g} KiB)\n"
+        + "\n".join(
+            f"  pid {p['pid']}: RSS {p['rss'] / 2**20:.1f} MiB, {p['fds']} fds" for p in processes
+        )
+        + f"\n{'PASS' if ok else 'FAIL'}; details in {details}",
+        flush=True,
+    )
+    return ok
+
+
+def report_comparison(runs: dict[str, dict[str, Any]]) -> float | None:
+    """Print the runs side by side; the ratio of revproxy's figure to nginx's."""
+    mib = 2**20
+    rows = [
+        ("held / answered", lambda s: f"{s.get('held')} / {s.get('answered')}"),
+        ("errors", lambda s: str(_errors(s))),
+        ("ramp, broadcast (s)", lambda s: f"{s['ramp_seconds']}, {s['delivery_seconds']}"),
+        ("processes", lambda s: str(len(s["processes"]))),
+        ("RSS before (MiB)", lambda s: f"{s['proxy_rss_before'] / mib:.1f}"),
+        ("RSS held (MiB)", lambda s: f"{s['proxy_rss_held'] / mib:.1f}"),
+        ("KiB per held connection", lambda s: f"{s['kib_per_connection']:.2f}"),
+    ]
+    names = list(runs)
+    print(f"\n{'':<26}" + "".join(f"{name:>16}" for name in names))
+    for label, cell in rows:
+        print(f"{label:<26}" + "".join(f"{cell(runs[name]):>16}" for name in names))
+    nginx = runs["nginx"]["kib_per_connection"]
+    ratio = round(runs["revproxy"]["kib_per_connection"] / nginx, 2) if nginx > 0 else None
+    print(f"revproxy/nginx per held connection: {ratio if ratio is not None else 'n/a'}")
+    return ratio
+
+
+def run(args: argparse.Namespace) -> int:
+    layout = Layout.of(args)
+    n = layout.clients
+    proxies = PROXIES if args.compare else (args.proxy,)
+    label = "-".join(proxies) if args.proxy != "revproxy" or args.compare else ""
+    results = Path(
+        args.results
+        or REPO
+        / "loadtest"
+        / "results"
+        / f"{time.strftime('%Y%m%d-%H%M%S')}-broadcast-{n}{'-' + label if label else ''}"
+    )
+    results.mkdir(parents=True, exist_ok=True)
+    print(
+        f"broadcast through {' then '.join(proxies)}: {n} "
+        f"{'plain HTTP' if args.plain else 'TLS'} long polls; fd limit {layout.fd_limit} "
+        f"per process; a proxied connection holds 2 fds in its worker, so "
+        f"{layout.proxy_workers} proxy workers (~{2 * n // layout.proxy_workers} fds each); "
+        f"{layout.client_processes} client processes (~{n // layout.client_processes} "
+        f"connections each); {layout.backend_processes} demo server processes; results in "
+        f"{results}",
+        flush=True,
+    )
+    if not args.compare:
+        summary = measure(args, layout, args.proxy, results)
+        (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return 0 if report(summary, args.max_kib, results / "summary.json") else 1
+
+    runs: dict[str, dict[str, Any]] = {}
+    for proxy in proxies:
+        print(f"\n--- {proxy} ---", flush=True)
+        folder = results / proxy
+        runs[proxy] = measure(args, layout, proxy, folder)
+        (folder / "summary.json").write_text(json.dumps(runs[proxy], indent=2) + "\n")
+        report(runs[proxy], args.max_kib, folder / "summary.json")
+    ratio = report_comparison(runs)
+    ok = all(passed(summary, args.max_kib) for summary in runs.values())
+    combined = {
+        "clients": n,
+        "tls": not args.plain,
+        "fd_limit": layout.fd_limit,
+        "proxy_workers": layout.proxy_workers,
+        "client_processes": layout.client_processes,
+        "backend_processes": layout.backend_processes,
+        "kib_per_connection": {name: s["kib_per_connection"] for name, s in runs.items()},
+        "ratio_revproxy_to_nginx": ratio,
+        "passed": {name: passed(s, args.max_kib) for name, s in runs.items()},
+        "runs": runs,
+    }
+    (results / "summary.json").write_text(json.dumps(combined, indent=2) + "\n")
+    print(
+        f"{'PASS' if ok else 'FAIL'} (target {args.max_kib:g} KiB per held connection for "
+        f"each proxy); details in {results / 'summary.json'}",
         flush=True,
     )
     return 0 if ok else 1
@@ -300,6 +485,12 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.broadcast", description=__doc__)
     parser.add_argument("--clients", type=int, default=10_000, help="held long polls")
+    parser.add_argument(
+        "--proxy", choices=PROXIES, default="revproxy", help="the proxy the clients go through"
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="revproxy, then nginx; both figures and the ratio"
+    )
     parser.add_argument("--rate", type=float, default=500.0, help="new connections per second")
     parser.add_argument("--proxy-workers", type=int, default=0, help="0 = from the fd limit")
     parser.add_argument("--client-processes", type=int, default=0, help="0 = one per 2,500")
@@ -312,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1 or args.rate <= 0:
         parser.error("--clients and --rate must be positive")
+    if args.compare and args.proxy != "revproxy":
+        parser.error("--compare measures both proxies; leave out --proxy")
     return run(args)
 
 

@@ -24,7 +24,10 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from revproxy.demo.certs import DevCerts
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "deploy" / "examples" / "demo.toml"
@@ -194,14 +197,35 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
 
 
 @dataclass
+class DemoServers:
+    """Running demo real servers: `processes` copies, each playing every DEMO_SERVERS port."""
+
+    processes: list[subprocess.Popen[str]]
+    ports: list[dict[int, int]]  # per process: demo.toml port -> real port
+    certs: DevCerts
+    _logs: list[Any] = field(default_factory=list)
+
+    def playing(self) -> dict[int, list[int]]:
+        """demo.toml port -> the real ports of every process that plays it."""
+        return {port: [p[port] for p in self.ports] for _, port, _ in DEMO_SERVERS}
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            stop_process(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        for log in self._logs:
+            log.close()
+
+
+@dataclass
 class Demo:
     """A running demo: where its proxy listens and which processes to watch."""
 
     workdir: Path
     proxy: subprocess.Popen[bytes]
-    backends: list[subprocess.Popen[str]]
+    servers: DemoServers
     ports: dict[str, int]  # proxy listener name -> port
-    backend_ports: list[dict[int, int]]  # per backend process: demo.toml port -> real port
     admin_port: int | None
     ca: Path = DEV_CERTS / "public" / "root.pem"
     _logs: list[Any] = field(default_factory=list)
@@ -220,10 +244,7 @@ class Demo:
 
     def stop(self) -> None:
         stop_process(self.proxy)
-        for backend in self.backends:
-            stop_process(backend)
-            if backend.stdout is not None:
-                backend.stdout.close()
+        self.servers.stop()
         for log in self._logs:
             log.close()
 
@@ -241,7 +262,7 @@ def _start_backends(
     for name, _, tls in DEMO_SERVERS:
         args += ["--listen", f"{name}=127.0.0.1:0{':tls' if tls else ''}"]
     args += ["--cert", str(cert), "--key", str(key)]
-    log = open(workdir / f"backends-{index}.log", "wb")  # noqa: SIM115 (closed by Demo.stop)
+    log = open(workdir / f"backends-{index}.log", "wb")  # noqa: SIM115 (closed by DemoServers.stop)
     logs.append(log)
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=log, env=_env(), text=True, start_new_session=True
@@ -261,6 +282,34 @@ def _start_backends(
     return proc, ports
 
 
+def start_demo_servers(workdir: Path, *, hold: float = 20.0, processes: int = 1) -> DemoServers:
+    """Start `processes` copies of the demo real servers on free ports; logs go to `workdir`.
+
+    `hold` is how long the servers hold long polls. The development certificates are
+    created first when missing (certs/dev, as `make run` does).
+    """
+    from revproxy.demo.certs import ensure_dev_certs
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    servers = DemoServers([], [], ensure_dev_certs(DEV_CERTS))
+    try:
+        for index in range(processes):
+            proc, ports = _start_backends(
+                workdir,
+                index,
+                hold,
+                servers.certs.internal_server,
+                servers.certs.internal_server_key,
+                servers._logs,
+            )
+            servers.processes.append(proc)
+            servers.ports.append(ports)
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
 def start_demo(
     workdir: Path,
     *,
@@ -275,24 +324,12 @@ def start_demo(
     `hold` is how long the servers hold long polls; `backend_processes` runs that many
     copies of the demo servers (each pool then has one real server per copy).
     """
-    from revproxy.demo.certs import ensure_dev_certs
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    certs = ensure_dev_certs(DEV_CERTS)
+    servers = start_demo_servers(workdir, hold=hold, processes=backend_processes)
     logs: list[Any] = []
-    backends: list[subprocess.Popen[str]] = []
-    backend_ports: list[dict[int, int]] = []
     try:
-        for index in range(backend_processes):
-            proc, ports = _start_backends(
-                workdir, index, hold, certs.internal_server, certs.internal_server_key, logs
-            )
-            backends.append(proc)
-            backend_ports.append(ports)
-        servers = {port: [p[port] for p in backend_ports] for _, port, _ in DEMO_SERVERS}
         admin_port = free_port() if admin else None
         config = workdir / "proxy.toml"
-        config.write_text(demo_config(servers, workers=workers, admin_port=admin_port))
+        config.write_text(demo_config(servers.playing(), workers=workers, admin_port=admin_port))
         log = open(workdir / "proxy.log", "wb")  # noqa: SIM115 (closed by Demo.stop)
         logs.append(log)
         proxy = subprocess.Popen(
@@ -304,12 +341,11 @@ def start_demo(
             start_new_session=True,
         )
     except BaseException:
-        for proc in backends:
-            stop_process(proc)
+        servers.stop()
         for log in logs:
             log.close()
         raise
-    demo = Demo(workdir, proxy, backends, {}, backend_ports, admin_port, certs.public_root, logs)
+    demo = Demo(workdir, proxy, servers, {}, admin_port, servers.certs.public_root, logs)
 
     def started() -> bool:
         text = demo.proxy_log()
@@ -330,16 +366,15 @@ def start_demo(
     return demo
 
 
-def _answers(demo: Demo, name: str, tls: bool) -> bool:
-    """Whether GET / for `name`.demo.test is answered 200 through the proxy."""
-    host = f"{name}.{DOMAIN}"
-    port = demo.ports["https" if tls else "http"]
+def answers(port: int, host: str, ca: Path | None) -> bool:
+    """Whether GET / for `host` on 127.0.0.1:`port` is answered 200 (TLS verified by `ca`,
+    plain HTTP without one)."""
     request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         try:
-            if tls:
-                context = ssl.create_default_context(cafile=str(demo.ca))
+            if ca is not None:
+                context = ssl.create_default_context(cafile=str(ca))
                 sock = context.wrap_socket(sock, server_hostname=host)
             sock.sendall(request)
             head = sock.recv(64)
@@ -353,7 +388,9 @@ def _answers(demo: Demo, name: str, tls: bool) -> bool:
 def _serving(demo: Demo) -> bool:
     """Every pool answers, three rounds in a row (each worker has learnt the checks)."""
     return all(
-        _answers(demo, name, tls)
+        answers(
+            demo.ports["https" if tls else "http"], f"{name}.{DOMAIN}", demo.ca if tls else None
+        )
         for _ in range(3)
         for name in ("meet", "mail")
         for tls in (True, False)

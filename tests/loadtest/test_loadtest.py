@@ -1,5 +1,6 @@
 """The load-test harness against the demo on free ports: every scenario briefly, the
-distributed mode with two workers, and a small broadcast run.
+distributed mode with two workers, and a small broadcast run through revproxy and
+through nginx.
 
 Locust is an optional extra (`pip install -e '.[loadtest]'`); without it these tests are
 skipped. Locust runs in subprocesses, so its gevent monkey-patching never touches the
@@ -19,11 +20,17 @@ from pathlib import Path
 import pytest
 
 from loadtest.demo import DEMO_CONFIG, Demo, demo_config, start_demo, to_toml
+from loadtest.nginx import find_nginx, nginx_config
+from revproxy.config.load import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING = [m for m in ("locust", "matplotlib") if importlib.util.find_spec(m) is None]
 needs_locust = pytest.mark.skipif(
     bool(MISSING), reason=f"{', '.join(MISSING)} not installed (pip install -e '.[loadtest]')"
+)
+NGINX = find_nginx()
+needs_nginx = pytest.mark.skipif(
+    NGINX is None, reason="nginx is not installed (not on PATH nor in /usr/sbin; make sysdeps)"
 )
 PLOTS = ("requests.png", "latency.png", "errors.png", "proxy.png")
 # Request names each scenario makes at least once in a few seconds (on_start requests).
@@ -140,6 +147,65 @@ def test_small_broadcast(tmp_path: Path) -> None:
     assert summary["errors"] == {}
 
 
+@needs_nginx
+def test_small_broadcast_through_nginx(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.broadcast", "--proxy", "nginx", "--clients", "40",
+         "--rate", "200", "--client-processes", "2", "--proxy-workers", "2", "--settle", "0.5",
+         "--deadline", "60", "--max-kib", "100000", "--results", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["proxy"] == "nginx"
+    assert summary["held"] == 40 and summary["answered"] == 40
+    assert summary["errors"] == {} and summary["warmup_errors"] == {}
+    assert summary["kib_per_connection"] > 0
+    # The master and its two workers were measured.
+    assert len(summary["processes"]) == 3
+    assert "nginx RSS" in result.stdout
+
+
+def test_nginx_config_mirrors_the_demo_service(tmp_path: Path) -> None:
+    config = parse_config(
+        tomllib.loads(demo_config({4443: [1111, 2222], 8080: [3333]}, workers=3)), DEMO_CONFIG
+    )
+    text = nginx_config(
+        config,
+        listener="https",
+        host="meet.demo.test",
+        port=5555,
+        connections=10_000,
+        workdir=tmp_path,
+        certificate=tmp_path / "chain.pem",
+        key=tmp_path / "key.pem",
+        ip_name="lync-fe1.internal.test",
+    )
+    directives = {line.strip() for line in text.splitlines()}
+    ca = REPO / "certs" / "dev" / "internal" / "ca.pem"
+    for expected in (
+        "worker_processes 3;",
+        "worker_connections 20256;",  # two fds per connection, all of them on one worker
+        "listen 127.0.0.1:5555 ssl reuseport backlog=1024;",
+        "ssl_protocols TLSv1.2 TLSv1.3;",
+        "server 127.0.0.1:1111 max_fails=2 fail_timeout=3s;",
+        "server 127.0.0.1:2222 max_fails=2 fail_timeout=3s;",
+        "proxy_pass https://lync_https;",
+        "proxy_http_version 1.1;",
+        "proxy_ssl_verify on;",
+        f"proxy_ssl_trusted_certificate {ca};",
+        "proxy_ssl_server_name on;",
+        "proxy_ssl_name lync-fe1.internal.test;",
+        "proxy_read_timeout 1800s;",
+        "proxy_buffering on;",
+        "access_log off;",
+        f"error_log {tmp_path / 'error.log'} notice;",
+        f"pid {tmp_path / 'nginx.pid'};",
+    ):
+        assert expected in directives, expected
+    assert "127.0.0.1:3333" not in text  # the plain pool is another service's
+
+
 def test_demo_config_on_free_ports_is_valid(tmp_path: Path) -> None:
     original = tomllib.loads(DEMO_CONFIG.read_text())
     assert tomllib.loads(to_toml(original)) == original
@@ -157,3 +223,20 @@ def test_demo_config_on_free_ports_is_valid(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO, timeout=30,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+def test_tls_memory_reports_each_side_of_each_variant() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.tls_memory", "--connections", "200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.endswith("KiB")]
+    assert len(rows) == 3
+    for row in rows:
+        server, client = (float(v) for v in row.split()[-4::2])
+        # An established TLS connection holds at least a few KiB on either side.
+        assert 2 < server < 200 and 2 < client < 200, row
