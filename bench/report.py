@@ -157,6 +157,29 @@ def scenario_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
     return _table(headers, rows)
 
 
+def floor_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
+    """The bare uvloop relay against nginx; empty if it was not measured."""
+    headers = ["floor (bare relay)", "rps", "ratio", "CPU s", "req/CPU-s", "ratio", "p99"]
+    rows = []
+    for name, s in scenarios.items():
+        f = s.get("floor")
+        if not f:
+            continue
+        q = s["floor_ratios"]
+        rows.append(
+            [
+                name,
+                _num(f.get("rps"), ".0f"),
+                _num(q["rps"], ".2f"),
+                _num(f.get("cpu_s"), ".2f"),
+                _num(f.get("rps_per_cpu_s"), ".0f"),
+                _num(q["rps_per_cpu_s"], ".2f"),
+                _dur(f.get("p99_s")),
+            ]
+        )
+    return _table(headers, rows) if rows else ""
+
+
 def same_load_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
     """Latency of both proxies at one offered load; empty if no scenario has such runs."""
     headers = [

@@ -112,6 +112,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--no-memory", action="store_true", help="skip the 1 GiB transfers")
     p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the bare uvloop relay (bench/floor.py) in the keep-alive scenarios",
+    )
+    p.add_argument(
         "--big-size", type=parse_size, default=setup_files.ONE_GIB, help="size of /1g (1g)"
     )
     p.add_argument("--key-type", choices=("rsa", "ec"), default="rsa", help="certificate key")
@@ -196,7 +201,7 @@ def start_nginx(name: str, tmp: Path, conf_text: str) -> tuple[Server, Path]:
 
 def start_all(
     args: argparse.Namespace, tmp: Path, servers: list[Server]
-) -> tuple[setup_files.Ports, list[Proxy]]:
+) -> tuple[setup_files.Ports, list[Proxy], Proxy | None]:
     """Backend, sink and proxies, each appended to servers as soon as it is started."""
     ports = setup_files.Ports(*(processes.free_port() for _ in range(6)))
     cert, key = setup_files.write_certificate(tmp, args.key_type)
@@ -247,7 +252,25 @@ def start_all(
         proxies.append(
             Proxy("revproxy", label, server, ports.revproxy_plain, ports.revproxy_tls, logs)
         )
-    for proxy in proxies:
+    floor = None
+    if args.only is None and not args.fake_revproxy and not args.no_floor:
+        floor_ports = (processes.free_port(), processes.free_port())
+        server = Server(
+            "floor",
+            [
+                args.python,
+                str(BENCH_DIR / "floor.py"),
+                *(str(port) for port in floor_ports),
+                str(ports.backend),
+                str(cert),
+                str(key),
+            ],
+            tmp,
+        )
+        server.start()
+        servers.append(server)
+        floor = Proxy("floor", "bare uvloop relay (bench/floor.py)", server, *floor_ports)
+    for proxy in proxies + ([floor] if floor else []):
         waited = proxy.server.wait_ready(
             [proxy.plain_port, proxy.tls_port],
             args.start_timeout,
@@ -256,7 +279,7 @@ def start_all(
         )
         check_content(proxy)
         print(f"{proxy.name}: up in {waited:.1f} s (pid {proxy.server.pid})", flush=True)
-    return ports, proxies
+    return ports, proxies, floor
 
 
 def check_content(proxy: Proxy) -> None:
@@ -387,6 +410,7 @@ def run_scenarios(
     scenarios: list[Scenario],
     runs: list[dict[str, Any]],
     tmp: Path,
+    floor: Proxy | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each scenario as A, B then B, A (rounds times); keeps each proxy's best-rps run.
 
@@ -425,6 +449,17 @@ def run_scenarios(
             "revproxy": best.get("revproxy"),
             "ratios": report.compare(best.get("nginx"), best.get("revproxy")),
         }
+        if floor is not None and scenario.name in report.KEEPALIVE_SCENARIOS:
+            floor_runs = []
+            for round_no in (1, 2):
+                run = measure(floor, scenario, args.duration, round_no)
+                runs.append(run)
+                floor_runs.append(run)
+                print(f"  {scenario.name:<16} {floor.name:<9} {describe(run)}", flush=True)
+                time.sleep(0.5)
+            kept = report.best_run(floor_runs)
+            summary[scenario.name]["floor"] = kept
+            summary[scenario.name]["floor_ratios"] = report.compare(best.get("nginx"), kept)
         if args.same_load > 0 and len(proxies) == 2:
             summary[scenario.name]["same_load"] = same_load(
                 args, proxies, scenario, summary[scenario.name], runs, tmp
@@ -623,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 2
     try:
         print(f"bench: temporary directory {tmp}", flush=True)
-        _, proxies = start_all(args, tmp, servers)
+        _, proxies, floor = start_all(args, tmp, servers)
         n_runs = 2 * args.rounds * len(proxies)
         if args.same_load > 0 and len(proxies) == 2:
             n_runs += 4
@@ -633,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {args.duration:g} s (about {estimate:.0f} s), then the big transfers",
             flush=True,
         )
-        summary = run_scenarios(args, proxies, scenarios, runs, tmp)
+        summary = run_scenarios(args, proxies, scenarios, runs, tmp, floor)
         results["scenarios"] = summary
         if not args.no_memory:
             run_memory(args, proxies, tmp, memory)
@@ -684,6 +719,10 @@ def print_summary(results: dict[str, Any]) -> None:
         f" best of {2 * results['options']['rounds']} runs per proxy"
     )
     print(report.scenario_table(results["scenarios"]))
+    floor = report.floor_table(results["scenarios"])
+    if floor:
+        print()
+        print(floor)
     same = report.same_load_table(results["scenarios"])
     if same:
         print()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import ssl
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import report
+import trustme
+from processes import free_port
 from run import pacing_script, run_wrk
 from wrk_output import parse_wrk
 
@@ -85,3 +94,46 @@ def test_wrk_with_the_pacing_script_offers_the_set_rate(tmp_path: Path) -> None:
         server.server_close()
     sent = parse_wrk(text).requests
     assert 40 <= sent <= 120, text
+
+
+def test_floor_relays_plain_and_tls(tmp_path: Path) -> None:
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    thread = threading.Thread(target=backend.serve_forever, daemon=True)
+    thread.start()
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    plain_port, tls_port = free_port(), free_port()
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("floor.py")),
+            str(plain_port),
+            str(tls_port),
+            str(backend.server_address[1]),
+            str(tmp_path / "cert.pem"),
+            str(tmp_path / "key.pem"),
+            "1",
+        ],
+        start_new_session=True,
+    )
+    try:
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                plain = urllib.request.urlopen(f"http://127.0.0.1:{plain_port}/", timeout=5)
+                break
+            except OSError:
+                assert relay.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert plain.read() == b"ok"
+        tls = urllib.request.urlopen(f"https://127.0.0.1:{tls_port}/", timeout=5, context=client)
+        assert tls.read() == b"ok"
+    finally:
+        os.killpg(relay.pid, signal.SIGTERM)
+        relay.wait(10)
+        backend.shutdown()
+        backend.server_close()
