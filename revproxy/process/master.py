@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,14 +47,21 @@ def worker_count(config: Config) -> int:
     return config.global_.workers or os.cpu_count() or 1
 
 
-def prepare(config: Config) -> None:
-    """Build what a worker would build from `config`, so errors surface before forking."""
+def prepare(config: Config) -> dict[str, ssl.SSLContext]:
+    """Build what a worker would build from `config`, so errors surface before forking.
+
+    Returns the listeners' TLS contexts by name. The workers forked afterwards share them,
+    and with them one set of session ticket keys: a client resumes its session on any
+    worker. (The keys are made when a context is, so a reload changes them.)
+    """
+    contexts = {}
     for listener in config.listeners:
         if listener.tls:
-            build_listener_context(listener)
+            contexts[listener.name] = build_listener_context(listener)
     for pool in config.pools:
         if pool.tls:
             build_pool_context(pool)
+    return contexts
 
 
 def _bind(listener: ListenerConfig, port: int) -> socket.socket:
@@ -89,6 +97,7 @@ class Master:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
         self.config: Config | None = None
+        self.contexts: dict[str, ssl.SSLContext] = {}  # the listeners' TLS contexts, by name
         self.slots: dict[str, _Slots] = {}
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
         self.retiring: set[int] = set()
@@ -165,7 +174,7 @@ class Master:
                     self.stats_tx if linked else None,
                     self.shared if linked else None,
                 )
-                code = run_worker(self.config, sockets, parent, links)
+                code = run_worker(self.config, sockets, parent, links, self.contexts)
             except BaseException:
                 log.exception("worker failed")
             finally:
@@ -290,7 +299,7 @@ class Master:
 
     def start(self) -> None:
         config = load_config(self.config_path)
-        prepare(config)
+        self.contexts = prepare(config)
         self.config = config
         self.slots = self._open_sockets(config, worker_count(config))
         self.generation = 1
@@ -311,7 +320,7 @@ class Master:
         """Load and check the configuration again; switch to it only if it is good."""
         try:
             config = load_config(self.config_path)
-            prepare(config)
+            contexts = prepare(config)
             count = worker_count(config)
             slots = self._open_sockets(config, count)
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
@@ -322,6 +331,7 @@ class Master:
         kept = {id(s) for s in slots.values()}
         old_workers = set(self.workers)
         self.config = config
+        self.contexts = contexts
         self.slots = slots
         self.generation += 1
         if control_needed(config):

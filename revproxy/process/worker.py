@@ -19,7 +19,9 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,19 +142,30 @@ def apply_shared_state(runtime: Runtime, shared: SharedState | None, initial: bo
 
 
 def run_worker(
-    config: Config, sockets: dict[str, socket.socket], parent: int, links: WorkerLinks | None = None
+    config: Config,
+    sockets: dict[str, socket.socket],
+    parent: int,
+    links: WorkerLinks | None = None,
+    contexts: Mapping[str, ssl.SSLContext] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (graceful) or until the main process is gone."""
+    """Serve until SIGTERM/SIGINT (graceful) or until the main process is gone.
+
+    `contexts`: the listeners' TLS contexts, built by the main process before forking.
+    """
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(config, sockets, parent, links or WorkerLinks()))
+        return runner.run(_serve(config, sockets, parent, links or WorkerLinks(), contexts))
 
 
 async def _serve(
-    config: Config, sockets: dict[str, socket.socket], parent: int, links: WorkerLinks
+    config: Config,
+    sockets: dict[str, socket.socket],
+    parent: int,
+    links: WorkerLinks,
+    contexts: Mapping[str, ssl.SSLContext] | None,
 ) -> int:
     reporter = Reporter(config, links)
     try:
-        return await _serve_with(config, sockets, parent, links, reporter)
+        return await _serve_with(config, sockets, parent, links, reporter, contexts)
     finally:
         reporter.close()
 
@@ -163,9 +176,10 @@ async def _serve_with(
     parent: int,
     links: WorkerLinks,
     reporter: Reporter,
+    contexts: Mapping[str, ssl.SSLContext] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    runtime = Runtime(config, loop, stats=reporter.stats)
+    runtime = Runtime(config, loop, stats=reporter.stats, listener_contexts=contexts)
     apply_shared_state(runtime, links.shared, initial=True)
     registry: set[ClientConnection] = set()
     servers: list[asyncio.Server] = []

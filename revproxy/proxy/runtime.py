@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
@@ -143,14 +143,17 @@ class Listener:
         stats: WorkerStats,
         new_request_id: Callable[[], bytes],
         max_connections: int = 10000,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.config = config
         self.name = config.name
         self.stats = stats
         self.new_request_id = new_request_id
         self.router: Router[Service] = Router((s.config.hosts, s.config.paths, s) for s in services)
+        # A context made before the workers were forked is shared by all of them, and with
+        # it the session ticket keys: any worker resumes the sessions of any other.
         self.ssl_context: ssl.SSLContext | None = (
-            build_listener_context(config) if config.tls else None
+            (ssl_context or build_listener_context(config)) if config.tls else None
         )
         self.scheme = b"https" if config.tls else b"http"
         self.sni_reject = config.tls and config.sni_mismatch == "reject"
@@ -197,7 +200,9 @@ class Runtime:
         config: Config,
         loop: asyncio.AbstractEventLoop,
         stats: WorkerStats | None = None,
+        listener_contexts: Mapping[str, ssl.SSLContext] | None = None,
     ) -> None:
+        """`listener_contexts`: TLS contexts already built for listeners, by name."""
         self.config = config
         self.stats = stats if stats is not None else WorkerStats()
         # Request ids: a random prefix per worker and configuration, then a counter.
@@ -227,7 +232,12 @@ class Runtime:
         for lst_cfg in config.listeners:
             services = [self.services[s.name] for s in config.services_for(lst_cfg)]
             self.listeners[lst_cfg.name] = Listener(
-                lst_cfg, services, self.stats, new_request_id, config.global_.max_connections
+                lst_cfg,
+                services,
+                self.stats,
+                new_request_id,
+                config.global_.max_connections,
+                (listener_contexts or {}).get(lst_cfg.name),
             )
 
     def expire_idle(self, now: float) -> None:
