@@ -42,10 +42,25 @@ class Forwarding:
     request_id_header: bytes = b""
 
 
+# Drop sets for the Connection tokens seen (few different ones), bounded like a cache.
+_DROP_SETS: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
 def _drop_set(tokens: frozenset[bytes]) -> frozenset[bytes]:
-    if not tokens:
+    if tokens <= HOP_BY_HOP:
+        # No Connection header, or one naming only classic hop-by-hop fields.
         return HOP_BY_HOP
-    return HOP_BY_HOP | (tokens - _PROTECTED)
+    drop = _DROP_SETS.get(tokens)
+    if drop is None:
+        drop = HOP_BY_HOP | (tokens - _PROTECTED)
+        if len(_DROP_SETS) < 256:
+            _DROP_SETS[tokens] = drop
+    return drop
+
+
+# Request fields that are not simply copied: hop-by-hop ones and the forwarding fields the
+# proxy sets itself (and Host, when the target is in absolute form).
+_REQUEST_SPECIAL = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 
 
 def request_head(
@@ -62,11 +77,18 @@ def request_head(
     extended; from anyone else the header is replaced, since it could be forged.
     """
     drop = _drop_set(req.connection_tokens)
-    out = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    rid_name = fwd.request_id_header.lower() if request_id else b""
+    absolute = req.absolute_authority
+    special = _REQUEST_SPECIAL
+    if drop is not HOP_BY_HOP or absolute is not None:
+        special = special | drop | {b"host"}
+    out: list[bytes] = []
     append = out.append
     prior_xff: list[bytes] = []
-    rid_name = fwd.request_id_header.lower() if request_id else b""
     for lname, value, line in req.headers:
+        if lname not in special and lname != rid_name:
+            append(line)
+            continue
         if lname in drop or lname == rid_name:
             continue
         if lname[:12] == b"x-forwarded-":
@@ -78,34 +100,35 @@ def request_head(
                 continue
             if lname == b"x-forwarded-host" and fwd.x_forwarded_host:
                 continue
-        elif lname == b"host" and req.absolute_authority is not None:
+        elif lname == b"host" and absolute is not None:
             continue
         append(line)
-        append(b"\r\n")
-    if req.absolute_authority is not None:
-        append(b"Host: %s\r\n" % req.absolute_authority)
+    if absolute is not None:
+        append(b"Host: %s" % absolute)
     elif not req.http11 and not req.host and req.header(b"host") is None:
         # RFC 9112 §3.2: an HTTP/1.1 request always has Host, empty when there is no authority.
-        append(b"Host: \r\n")
+        append(b"Host: ")
     if req.body == CHUNKED:
-        append(b"Transfer-Encoding: chunked\r\n")
+        append(b"Transfer-Encoding: chunked")
     if req.upgrade is not None:
-        append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade)
+        append(b"Connection: upgrade\r\nUpgrade: %s" % req.upgrade)
     if fwd.x_forwarded_for:
         if prior_xff:
-            append(b"X-Forwarded-For: %s, %s\r\n" % (b", ".join(prior_xff), client_ip))
+            append(b"X-Forwarded-For: %s, %s" % (b", ".join(prior_xff), client_ip))
         else:
-            append(b"X-Forwarded-For: %s\r\n" % client_ip)
+            append(b"X-Forwarded-For: %s" % client_ip)
     if fwd.x_forwarded_proto:
-        append(b"X-Forwarded-Proto: %s\r\n" % scheme)
+        append(b"X-Forwarded-Proto: %s" % scheme)
     if fwd.x_forwarded_host and req.host:
-        append(b"X-Forwarded-Host: %s\r\n" % req.host)
+        append(b"X-Forwarded-Host: %s" % req.host)
     if fwd.via:
-        append(b"Via: %s\r\n" % fwd.via)
+        append(b"Via: %s" % fwd.via)
     if request_id:
-        append(b"%s: %s\r\n" % (fwd.request_id_header, request_id))
-    append(b"\r\n")
-    return b"".join(out)
+        append(b"%s: %s" % (fwd.request_id_header, request_id))
+    # Each field line ends in CRLF, then the empty line.
+    append(b"")
+    append(b"")
+    return b"".join((req.method, b" ", req.target, b" HTTP/1.1\r\n", b"\r\n".join(out)))
 
 
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
@@ -144,28 +167,33 @@ def response_head(
     # (RFC 9112 §6.1), and a dechunked one has none left.
     body = resp.body
     keep_te = not dechunk and (body == CHUNKED or (body == UNTIL_CLOSE and not http10_client))
-    out = [_status_line(resp.status, resp.reason)]
-    append = out.append
-    for lname, _, line in resp.headers:
-        if lname in drop:
-            if keep_te and lname == b"transfer-encoding":
-                append(line)
-                append(b"\r\n")
-            continue
-        append(line)
-        append(b"\r\n")
+    if keep_te:
+        lines = [
+            line
+            for lname, _, line in resp.headers
+            if lname not in drop or lname == b"transfer-encoding"
+        ]
+    else:
+        lines = [line for lname, _, line in resp.headers if lname not in drop]
+    lines.append(b"")  # so that the last field line ends in CRLF too
     if upgrade is not None:
-        append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade)
+        connection = b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade
     elif close:
-        append(b"Connection: close\r\n")
+        connection = b"Connection: close\r\n"
     elif http10_client:
-        append(b"Connection: keep-alive\r\n")
-    if via:
-        append(b"Via: %s\r\n" % via)
-    if extra:
-        append(extra)
-    append(b"\r\n")
-    return b"".join(out)
+        connection = b"Connection: keep-alive\r\n"
+    else:
+        connection = b""
+    return b"".join(
+        (
+            _status_line(resp.status, resp.reason),
+            b"\r\n".join(lines),
+            connection,
+            b"Via: %s\r\n" % via if via else b"",
+            extra,
+            b"\r\n",
+        )
+    )
 
 
 def interim_head(resp: Response) -> bytes:

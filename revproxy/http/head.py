@@ -7,6 +7,12 @@ how request smuggling happens: anything ambiguous is rejected, requests with
 
 Each header is kept as (lower-case name, value, raw line), so the forwarding
 code can copy the lines it keeps without serializing them again.
+
+Peers repeat themselves: a keep-alive client sends the same fields with every
+request, a server the same status line and much the same fields. Start lines and
+header blocks that passed every check are kept in small caches keyed by their
+exact bytes, so a repeated head is not parsed again; anything else is parsed
+(and rejected) exactly as if the caches were empty.
 """
 
 from __future__ import annotations
@@ -36,13 +42,24 @@ _FIELD = re.compile(
     rb"(" + _TOKEN + rb"):[ \t]*(?:([^\x00-\x20\x7f]+(?:[ \t]+[^\x00-\x20\x7f]+)*)[ \t]*)?"
 )
 _FIELD_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
 # RFC 9112 §3.2 with RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]{0,5}))?")
+# Host values already found valid (clients send few different ones), bounded.
+_VALID_HOSTS: set[bytes] = set()
 # RFC 3986 §2.3: "%2E" is the same as "." once a server normalizes the path.
 DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?:/|$)")
+_DOT, _PERCENT = ord("."), ord("%")  # a byte value is looked up faster than a bytes object
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, value, raw line)
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+# Fields whose values decide routing and framing; the others are only collected.
+_REQUEST_FIELDS = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"}
+)
+_RESPONSE_FIELDS = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"www-authenticate"}
+)
 
 
 class Request:
@@ -64,19 +81,25 @@ class Request:
         "absolute_authority",
     )
 
-    def __init__(self) -> None:
-        self.method = b""
-        self.target = b""
+    def __init__(
+        self,
+        method: bytes = b"",
+        target: bytes = b"",
+        http11: bool = True,
+        headers: list[Header] | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
         self.path = b""  # target up to '?', used for routing
-        self.http11 = True
-        self.headers: list[Header] = []
+        self.http11 = http11
+        self.headers: list[Header] = headers if headers is not None else []
         self.host = b""  # Host value as sent (or the authority of an absolute-form target)
         self.body = NO_BODY
         self.content_length = 0
         self.keep_alive = True
         self.upgrade: bytes | None = None
         self.expect_continue = False
-        self.connection_tokens: frozenset[bytes] = frozenset()
+        self.connection_tokens = _NO_TOKENS
         self.absolute_authority: bytes | None = None
 
     def header(self, name: bytes) -> bytes | None:
@@ -101,15 +124,21 @@ class Response:
         "auth_challenge",
     )
 
-    def __init__(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.http11 = True
-        self.headers: list[Header] = []
+    def __init__(
+        self,
+        status: int = 0,
+        reason: bytes = b"",
+        http11: bool = True,
+        headers: list[Header] | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.http11 = http11
+        self.headers: list[Header] = headers if headers is not None else []
         self.body = NO_BODY
         self.content_length = 0
         self.keep_alive = True
-        self.connection_tokens: frozenset[bytes] = frozenset()
+        self.connection_tokens = _NO_TOKENS
         self.auth_challenge = False  # 401 with an NTLM or Negotiate challenge
 
     def header(self, name: bytes) -> bytes | None:
@@ -119,10 +148,37 @@ class Response:
         return None
 
 
-def _parse_fields(block: bytes, max_count: int, error: type[Exception]) -> list[Header]:
-    """Fields of a header block (the lines after the start line, CRLF-separated)."""
+# Header blocks already parsed, by their bytes: a keep-alive client sends the same fields
+# request after request, and a server the same fields for a resource. Only blocks that
+# passed every check are kept; a full cache is emptied rather than searched for the oldest.
+_Fields = tuple[tuple[Header, ...], dict[bytes, list[bytes]]]
+_REQUEST_BLOCKS: dict[bytes, _Fields] = {}
+_RESPONSE_BLOCKS: dict[bytes, _Fields] = {}
+_CACHED_BLOCKS = 128
+_CACHED_BLOCK_SIZE = 4096
+
+
+def _parse_fields(
+    block: bytes,
+    max_count: int,
+    error: type[Exception],
+    wanted: frozenset[bytes],
+    cache: dict[bytes, _Fields],
+) -> tuple[list[Header], dict[bytes, list[bytes]]]:
+    """Fields of a header block (the lines after the start line, CRLF-separated).
+
+    Also returns the values of the `wanted` fields by name, in order, so that the caller
+    looks at each line once (a dict the caller must not change).
+    """
     if not block:
-        return []
+        return [], {}
+    cacheable = len(block) <= _CACHED_BLOCK_SIZE
+    if cacheable:
+        parsed = cache.get(block)
+        if parsed is not None:
+            if len(parsed[0]) > max_count:
+                raise _error(error, 431, "too many header fields")
+            return list(parsed[0]), parsed[1]
     # One regex pass over the whole block validates every line at C speed; the
     # per-line diagnosis below only runs for messages that are rejected anyway.
     if _FIELD_BLOCK.fullmatch(block + b"\r\n") is None:
@@ -138,10 +194,28 @@ def _parse_fields(block: bytes, max_count: int, error: type[Exception]) -> list[
         raise _error(error, 431, "too many header fields")
     headers: list[Header] = []
     append = headers.append
+    found: dict[bytes, list[bytes]] = {}
     for line in lines:
         name, _, value = line.partition(b":")
-        append((name.lower(), value.strip(b" \t"), line))
-    return headers
+        name = name.lower()
+        value = value.strip(b" \t")
+        append((name, value, line))
+        if name in wanted:
+            values = found.get(name)
+            if values is None:
+                found[name] = [value]
+            else:
+                values.append(value)
+    if cacheable:
+        if len(cache) >= _CACHED_BLOCKS:
+            cache.clear()
+        cache[block] = (tuple(headers), found)
+    return headers, found
+
+
+def _digits(value: bytes) -> bool:
+    """1 to 18 ASCII digits (bytes.isdigit knows only ASCII, and is False for b"")."""
+    return value.isdigit() and len(value) <= 18
 
 
 def _error(kind: type[Exception], status: int, detail: str) -> Exception:
@@ -161,86 +235,86 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return out
 
 
+# Connection values as servers and clients send them ("keep-alive", "close"), each
+# tokenized once per worker; the size bounds keep what a peer sends from growing it.
+_CONNECTION_TOKENS: dict[bytes, frozenset[bytes]] = {}
+
+
+def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
+    if len(values) > 1:
+        return frozenset(_tokens(values))
+    value = values[0]
+    tokens = _CONNECTION_TOKENS.get(value)
+    if tokens is None:
+        tokens = frozenset(_tokens(values))
+        if len(value) <= 64 and len(_CONNECTION_TOKENS) < 256:
+            _CONNECTION_TOKENS[value] = tokens
+    return tokens
+
+
+# Request lines already checked, by their bytes: clients ask for the same targets again and
+# again. (method, target as forwarded, HTTP/1.1 or later, path, absolute-form authority);
+# only lines that passed every check are kept, and a full cache is emptied.
+_RequestLine = tuple[bytes, bytes, bool, bytes, bytes | None]
+_REQUEST_LINES: dict[bytes, _RequestLine] = {}
+_CACHED_LINES = 256
+_CACHED_LINE_SIZE = 1024
+
+
 def parse_request(head: bytes, max_count: int = 100) -> Request:
     """Parse a request head (without the terminating empty line); raise HttpError."""
     start_line, _, block = head.partition(b"\r\n")
-    m = _REQUEST_LINE.fullmatch(start_line)
-    if m is None:
-        raise HttpError(400, "invalid request line")
-    major, minor = m.group(3), m.group(4)
-    if major != b"1":
-        raise HttpError(505, "unsupported HTTP version")
-    req = Request()
-    req.method = method = m.group(1)
-    req.target = target = m.group(2)
-    req.http11 = http11 = minor != b"0"
-    req.headers = headers = _parse_fields(block, max_count, HttpError)
-
-    hosts: list[bytes] = []
-    cl: list[bytes] = []
-    te: list[bytes] = []
-    conn: list[bytes] = []
-    upgrade = None
-    expects: list[bytes] = []
-    for lname, value, _ in headers:
-        if lname == b"host":
-            hosts.append(value)
-        elif lname == b"content-length":
-            cl.append(value)
-        elif lname == b"transfer-encoding":
-            te.append(value)
-        elif lname == b"connection":
-            conn.append(value)
-        elif lname == b"upgrade":
-            upgrade = value
-        elif lname == b"expect":
-            expects.append(value)
-
-    # Request target forms, RFC 9112 §3.2. CONNECT is refused whatever its target says.
-    if method == b"CONNECT":
-        raise HttpError(405, "CONNECT is not supported")
-    if target[:1] == b"/":
-        path = target.split(b"?", 1)[0]
-    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-        rest = target.split(b"://", 1)[1]
-        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-        authority, origin = rest[:cut], rest[cut:]
-        # The authority becomes the Host the request is routed by and forwarded with.
-        if not authority or _HOST.fullmatch(authority) is None:
-            raise HttpError(400, "invalid absolute-form target")
-        req.absolute_authority = authority
-        if origin[:1] != b"/":
-            origin = b"/" + origin
-        req.target = origin
-        path = origin.split(b"?", 1)[0]
-    elif target == b"*" and method == b"OPTIONS":
-        path = b"*"
+    line = _REQUEST_LINES.get(start_line)
+    if line is not None:
+        headers, found = _parse_fields(
+            block, max_count, HttpError, _REQUEST_FIELDS, _REQUEST_BLOCKS
+        )
     else:
-        raise HttpError(400, "invalid request target")
-    if (b"." in path or b"%" in path) and DOT_SEGMENT.search(path):
-        # Dot-segments would let a path escape the prefix it was routed by.
-        raise HttpError(400, "dot-segment in path")
+        m = _REQUEST_LINE.fullmatch(start_line)
+        if m is None:
+            raise HttpError(400, "invalid request line")
+        method, target, major, minor = m.groups()
+        if major != b"1":
+            raise HttpError(505, "unsupported HTTP version")
+        headers, found = _parse_fields(
+            block, max_count, HttpError, _REQUEST_FIELDS, _REQUEST_BLOCKS
+        )
+        line = _request_target(method, target, minor != b"0")
+        if len(start_line) <= _CACHED_LINE_SIZE:
+            if len(_REQUEST_LINES) >= _CACHED_LINES:
+                _REQUEST_LINES.clear()
+            _REQUEST_LINES[start_line] = line
+    method, target, http11, path, authority = line
+    req = Request(method, target, http11, headers)
     req.path = path
+    req.absolute_authority = authority
+    get = found.get
 
     # RFC 9112 §3.2: exactly one Host in HTTP/1.1, and it must be valid.
-    if len(hosts) > 1:
-        raise HttpError(400, "repeated Host header")
-    if hosts:
+    hosts = get(b"host")
+    if hosts is not None:
+        if len(hosts) > 1:
+            raise HttpError(400, "repeated Host header")
         host = hosts[0]
-        if _HOST.fullmatch(host) is None:
-            raise HttpError(400, "invalid Host header")
+        if host not in _VALID_HOSTS:
+            if _HOST.fullmatch(host) is None:
+                raise HttpError(400, "invalid Host header")
+            if len(host) <= 255 and len(_VALID_HOSTS) < 1024:
+                _VALID_HOSTS.add(host)
     elif http11:
         raise HttpError(400, "missing Host header")
     else:
         host = b""
     # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
-    req.host = req.absolute_authority if req.absolute_authority is not None else host
+    req.host = authority if authority is not None else host
 
     # Framing, RFC 9112 §6.1-§6.3.
-    if te:
+    te = get(b"transfer-encoding")
+    cl = get(b"content-length")
+    if te is not None:
         if not http11:
             raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        if cl:
+        if cl is not None:
             raise HttpError(400, "both Content-Length and Transfer-Encoding")
         codings = _tokens(te)
         if not codings or codings[-1] != b"chunked":
@@ -250,26 +324,32 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
         if len(codings) > 1:
             raise HttpError(501, "unsupported transfer coding")
         req.body = CHUNKED
-    elif cl:
+    elif cl is not None:
         if len(cl) > 1:
             raise HttpError(400, "repeated Content-Length")
-        if _DIGITS.fullmatch(cl[0]) is None:
+        if not _digits(cl[0]):
             raise HttpError(400, "invalid Content-Length")
         n = int(cl[0])
         if n:
             req.body = LENGTH
             req.content_length = n
 
-    tokens = frozenset(_tokens(conn)) if conn else frozenset()
-    req.connection_tokens = tokens
-    # RFC 9112 §9.3: "close" ends the connection whatever the version.
-    req.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
-    if upgrade is not None and http11 and b"upgrade" in tokens:
-        # h2c is not passed on: a server that switched to HTTP/2 behind the proxy would take
-        # any request the client sends next, past the proxy's routing (RFC 9113 §3.1 drops it).
-        if b"h2c" not in _tokens([upgrade]):
-            req.upgrade = upgrade
-    if expects:
+    conn = get(b"connection")
+    if conn is not None:
+        req.connection_tokens = tokens = _connection_tokens(conn)
+        # RFC 9112 §9.3: "close" ends the connection whatever the version.
+        req.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+        upgrade = get(b"upgrade")
+        if upgrade is not None and http11 and b"upgrade" in tokens:
+            # h2c is not passed on: a server that switched to HTTP/2 behind the proxy would
+            # take any request the client sends next, past the proxy's routing (RFC 9113 §3.1
+            # drops it). The last Upgrade field is the one that counts.
+            if b"h2c" not in _tokens([upgrade[-1]]):
+                req.upgrade = upgrade[-1]
+    else:
+        req.keep_alive = http11
+    expects = get(b"expect")
+    if expects is not None:
         for expect in expects:
             if expect.lower() != b"100-continue":
                 raise HttpError(417, "unsupported expectation")
@@ -278,55 +358,79 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
     return req
 
 
+def _request_target(method: bytes, target: bytes, http11: bool) -> _RequestLine:
+    """Target form, path and authority of a request line; raise HttpError.
+
+    Called after the header fields are parsed, so that a bad field is reported first.
+    """
+    # Request target forms, RFC 9112 §3.2. CONNECT is refused whatever its target says.
+    if method == b"CONNECT":
+        raise HttpError(405, "CONNECT is not supported")
+    authority = None
+    if target[:1] == b"/":
+        path = target.split(b"?", 1)[0]
+    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        rest = target.split(b"://", 1)[1]
+        cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        authority, origin = rest[:cut], rest[cut:]
+        # The authority becomes the Host the request is routed by and forwarded with.
+        if not authority or _HOST.fullmatch(authority) is None:
+            raise HttpError(400, "invalid absolute-form target")
+        if origin[:1] != b"/":
+            origin = b"/" + origin
+        target = origin
+        path = origin.split(b"?", 1)[0]
+    elif target == b"*" and method == b"OPTIONS":
+        path = b"*"
+    else:
+        raise HttpError(400, "invalid request target")
+    if (_DOT in path or _PERCENT in path) and DOT_SEGMENT.search(path):
+        # Dot-segments would let a path escape the prefix it was routed by.
+        raise HttpError(400, "dot-segment in path")
+    return method, target, http11, path, authority
+
+
 def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response:
     """Parse a response head to a request with `method`; raise ProtocolError."""
     start_line, _, block = head.partition(b"\r\n")
-    m = _STATUS_LINE.fullmatch(start_line)
-    if m is None:
-        raise ProtocolError("invalid status line")
-    if m.group(1) != b"1":
-        raise ProtocolError("unsupported HTTP version from server")
-    resp = Response()
-    resp.http11 = http11 = m.group(2) != b"0"
-    resp.status = status = int(m.group(3))
-    if status < 100:
-        raise ProtocolError("invalid status code")
-    resp.reason = m.group(4) or b""
-    resp.headers = headers = _parse_fields(block, max_count, ProtocolError)
-
-    cl: list[bytes] = []
-    te: list[bytes] = []
-    conn: list[bytes] = []
-    challenge = False
-    for lname, value, _ in headers:
-        if lname == b"content-length":
-            cl.append(value)
-        elif lname == b"transfer-encoding":
-            te.append(value)
-        elif lname == b"connection":
-            conn.append(value)
-        elif lname == b"www-authenticate" and status == 401:
-            # RFC 9110 §11.6.1: one field may hold several challenges ("Negotiate, NTLM").
-            for item in value.split(b","):
-                if item.strip(b" \t").split(b" ", 1)[0].lower() in (b"ntlm", b"negotiate"):
-                    challenge = True
-    resp.auth_challenge = challenge
-    tokens = frozenset(_tokens(conn)) if conn else frozenset()
-    resp.connection_tokens = tokens
-    resp.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
-
-    # Ambiguous framing is refused even where the body would be ignored.
-    if te and cl:
-        raise ProtocolError("both Content-Length and Transfer-Encoding")
-    if len(cl) > 1:
-        raise ProtocolError("repeated Content-Length")
-    if cl and _DIGITS.fullmatch(cl[0]) is None:
-        raise ProtocolError("invalid Content-Length")
+    parsed = _STATUS_LINES.get(start_line)
+    if parsed is None:
+        parsed = _status_line(start_line)
+    http11, status, text = parsed
+    headers, found = _parse_fields(
+        block, max_count, ProtocolError, _RESPONSE_FIELDS, _RESPONSE_BLOCKS
+    )
+    resp = Response(status, text, http11, headers)
+    if not found:
+        te = cl = None
+        resp.keep_alive = http11
+    else:
+        get = found.get
+        if status == 401:
+            challenges = get(b"www-authenticate")
+            if challenges is not None:
+                resp.auth_challenge = _auth_challenge(challenges)
+        conn = get(b"connection")
+        if conn is not None:
+            resp.connection_tokens = tokens = _connection_tokens(conn)
+            resp.keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+        else:
+            resp.keep_alive = http11
+        te = get(b"transfer-encoding")
+        cl = get(b"content-length")
+        # Ambiguous framing is refused even where the body would be ignored.
+        if cl is not None:
+            if te is not None:
+                raise ProtocolError("both Content-Length and Transfer-Encoding")
+            if len(cl) > 1:
+                raise ProtocolError("repeated Content-Length")
+            if not _digits(cl[0]):
+                raise ProtocolError("invalid Content-Length")
 
     # RFC 9112 §6.3, in its order.
-    if method == b"HEAD" or status < 200 or status in (204, 304):
+    if method == b"HEAD" or status < 200 or status == 204 or status == 304:
         resp.body = NO_BODY
-    elif te:
+    elif te is not None:
         if not http11:
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response")
         codings = _tokens(te)
@@ -337,12 +441,43 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
         else:
             resp.body = UNTIL_CLOSE
             resp.keep_alive = False
-    elif cl:
-        resp.body = LENGTH
-        resp.content_length = int(cl[0])
-        if resp.content_length == 0:
-            resp.body = NO_BODY
+    elif cl is not None:
+        n = int(cl[0])
+        if n:
+            resp.body = LENGTH
+            resp.content_length = n
     else:
         resp.body = UNTIL_CLOSE
         resp.keep_alive = False
     return resp
+
+
+# Status lines seen (a server sends few different ones), parsed once per worker.
+_STATUS_LINES: dict[bytes, tuple[bool, int, bytes]] = {}
+
+
+def _status_line(line: bytes) -> tuple[bool, int, bytes]:
+    """(HTTP/1.1 or later, status, reason) of a status line; raise ProtocolError."""
+    m = _STATUS_LINE.fullmatch(line)
+    if m is None:
+        raise ProtocolError("invalid status line")
+    major, minor, code, text = m.groups()
+    if major != b"1":
+        raise ProtocolError("unsupported HTTP version from server")
+    status = int(code)
+    if status < 100:
+        raise ProtocolError("invalid status code")
+    parsed = (minor != b"0", status, text or b"")
+    if len(line) <= 64 and len(_STATUS_LINES) < 256:
+        _STATUS_LINES[line] = parsed
+    return parsed
+
+
+def _auth_challenge(values: list[bytes]) -> bool:
+    """An NTLM or Negotiate challenge among WWW-Authenticate values."""
+    for value in values:
+        # RFC 9110 §11.6.1: one field may hold several challenges ("Negotiate, NTLM").
+        for item in value.split(b","):
+            if item.strip(b" \t").split(b" ", 1)[0].lower() in (b"ntlm", b"negotiate"):
+                return True
+    return False

@@ -98,8 +98,14 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         if phase == HEAD:
             if not self._buf:
                 # The header deadline runs from the first byte of a request.
-                self._active = self._loop.time()
-                self._arm(self._listener.t_header)
+                self._active = now = self._loop.time()
+                end = data.find(b"\r\n\r\n")
+                if end > 0 and end + 4 == len(data) and not data.startswith(b"\r\n"):
+                    # The usual case: one whole request head and nothing more. Starting
+                    # the exchange arms its own deadline.
+                    self._request(data[:end], end)
+                    return
+                self._arm_at(now + self._listener.t_header)
             self._buf += data
             self._read_heads()
         elif phase == EXCHANGE:
@@ -156,7 +162,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         lst = self._listener
         while self._phase == HEAD and buf:
             # RFC 9112 §2.2: empty lines before a request line are ignored.
-            while buf[:2] == b"\r\n":
+            while buf.startswith(b"\r\n"):
                 del buf[:2]
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -172,24 +178,32 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                 return
             head = bytes(buf[:end])
             del buf[: end + 4]
-            try:
-                if end > lst.max_header_bytes:
-                    raise HttpError(431, "request head too large")
-                if head.find(b"\r\n") > lst.max_request_line:
-                    raise HttpError(414, "request line too long")
-                req = parse_request(head, lst.max_header_count)
-                svc = self._route(req)
-                if end > svc.max_header_bytes or len(req.headers) > svc.max_header_count:
-                    raise HttpError(431, "request head too large")
-                if head.find(b"\r\n") > svc.max_request_line:
-                    raise HttpError(414, "request line too long")
-                if svc.max_body and req.body == LENGTH and req.content_length > svc.max_body:
-                    raise HttpError(413, "request body too large")
-            except HttpError as exc:
-                log.debug("client %s: %s", self._ip_str, exc)
-                self._fail(exc.status)
-                return
-            self._start(req, svc)
+            self._request(head, end)
+
+    def _request(self, head: bytes, end: int) -> None:
+        """Check, parse and route one request head (`end` bytes), then start its exchange."""
+        lst = self._listener
+        try:
+            if end > lst.max_header_bytes:
+                raise HttpError(431, "request head too large")
+            line_end = head.find(b"\r\n")
+            if line_end < 0:
+                line_end = end  # the head is the request line alone
+            if line_end > lst.max_request_line:
+                raise HttpError(414, "request line too long")
+            req = parse_request(head, lst.max_header_count)
+            svc = self._route(req)
+            if end > svc.max_header_bytes or len(req.headers) > svc.max_header_count:
+                raise HttpError(431, "request head too large")
+            if line_end > svc.max_request_line:
+                raise HttpError(414, "request line too long")
+            if svc.max_body and req.body == LENGTH and req.content_length > svc.max_body:
+                raise HttpError(413, "request body too large")
+        except HttpError as exc:
+            log.debug("client %s: %s", self._ip_str, exc)
+            self._fail(exc.status)
+            return
+        self._start(req, svc)
 
     def _route(self, req: Request) -> Service:
         # OPTIONS * asks about the server as a whole: it goes where "/" would go.
@@ -205,18 +219,19 @@ class ClientConnection(ServerSide, asyncio.Protocol):
     def _start(self, req: Request, svc: Service) -> None:
         self._phase = EXCHANGE
         self._req = req
-        self._svc = svc
-        self._last_svc = svc
-        self._tried = []
+        self._svc = self._last_svc = svc
+        if self._tried:
+            self._tried = []
         self._stale_retried = False
         body = req.body
         self._req_done = body == NO_BODY
         self._req_left = req.content_length
         self._req_chunks = ChunkedReader() if body == CHUNKED else None
         self._req_bytes = 0
+        now = self._loop.time()
         if svc.min_rate and body != NO_BODY:
-            self._rate_at, self._rate_bytes = self._loop.time(), 0
-            self._arm(RATE_WINDOW)
+            self._rate_at, self._rate_bytes = now, 0
+            self._arm_at(now + RATE_WINDOW)
         self._close_after = self._close_after or not req.keep_alive or self._draining
         trusted = self._trusts.get(svc.name)
         if trusted is None:
@@ -236,11 +251,13 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                 req.headers = action.headers.apply(req.headers)
                 fwd = _rule_forwarding(fwd, action.headers.ops)
             self._edits = action.response
-        self._rid = rid = self._listener.new_request_id()
-        head = request_head(req, fwd, self._ip, trusted, self._listener.scheme, rid)
+        lst = self._listener
+        new_id = lst.new_request_id
+        self._rid = rid = new_id() if new_id is not None else b""
+        head = request_head(req, fwd, self._ip, trusted, lst.scheme, rid)
         self._sent = [head]
         self._sent_size = len(head)
-        self._active = self._t0 = self._loop.time()
+        self._active = self._t0 = now
         self._t_resp = -1.0
         self._status = 0
         self._bytes_out = 0
@@ -250,7 +267,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             data = bytes(self._buf)
             self._buf.clear()
             self._request_body(data)
-        self._arm(self._phase_timeout())
+        self._arm_at(now + self._phase_timeout())
 
     def _answer(self, req: Request, answer: Answer) -> None:
         """Answer from a content rule (redirect, fixed response) without a server."""

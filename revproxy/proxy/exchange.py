@@ -153,13 +153,15 @@ class ExchangeState:
         self._served += 1
         self._req = None
         self._resp = None
-        self._resp_buf.clear()
+        if self._resp_buf:
+            self._resp_buf.clear()
         self._resp_chunks = None
         self._req_chunks = None
         self._pending = None
         self._pending_size = 0
         self._sent = None
-        self._set_pause(P_PENDING | P_UPSTREAM, False)
+        if self._pause & (P_PENDING | P_UPSTREAM):
+            self._set_pause(P_PENDING | P_UPSTREAM, False)
 
     def _phase_timeout(self) -> float:
         phase = self._phase
@@ -183,9 +185,12 @@ class ExchangeState:
         return svc.t_response
 
     def _arm(self, seconds: float) -> None:
-        when = self._loop.time() + seconds
-        timer = self._timer
-        if timer is None or self._timer_at > when:
+        self._arm_at(self._loop.time() + seconds)
+
+    def _arm_at(self, when: float) -> None:
+        """Make the timer fire by loop time `when` (a later one is kept, it checks again)."""
+        if self._timer_at > when or self._timer is None:
+            timer = self._timer
             if timer is not None:
                 timer.cancel()
             self._timer = self._loop.call_at(when, self._on_timer)

@@ -66,6 +66,7 @@ class Router(Generic[S]):
         if routes is None:
             return None, False
         for prefix, service in routes:
-            if prefix_matches(prefix, path):
+            # prefix_matches, with its first test inline: most prefixes fail it.
+            if path.startswith(prefix) and prefix_matches(prefix, path):
                 return service, True
         return None, True

@@ -141,14 +141,14 @@ class Listener:
         config: ListenerConfig,
         services: list[Service],
         stats: WorkerStats,
-        new_request_id: Callable[[], bytes],
+        new_request_id: Callable[[], bytes] | None,
         max_connections: int = 10000,
         ssl_context: ssl.SSLContext | None = None,
     ):
         self.config = config
         self.name = config.name
         self.stats = stats
-        self.new_request_id = new_request_id
+        self.new_request_id = new_request_id  # None: requests carry no id
         self.router: Router[Service] = Router((s.config.hosts, s.config.paths, s) for s in services)
         # A context made before the workers were forked is shared by all of them, and with
         # it the session ticket keys: any worker resumes the sessions of any other.
@@ -211,7 +211,7 @@ class Runtime:
         rid_header = config.access_log.request_id_header
 
         def new_request_id() -> bytes:
-            return b"%s%x" % (prefix, next(counter)) if rid_header else b""
+            return b"%s%x" % (prefix, next(counter))
 
         self.pools: dict[str, Pool] = {}
         self.endpoints: list[Endpoint] = []
@@ -235,7 +235,7 @@ class Runtime:
                 lst_cfg,
                 services,
                 self.stats,
-                new_request_id,
+                new_request_id if rid_header else None,
                 config.global_.max_connections,
                 (listener_contexts or {}).get(lst_cfg.name),
             )

@@ -311,7 +311,7 @@ class ServerSide(ExchangeState):
             self._close_after = True
         self._resp_left = resp.content_length
         self._resp_chunks = ChunkedReader() if resp.body == CHUNKED else None
-        self._arm(svc.t_server_body)
+        self._arm_at(self._active + svc.t_server_body)
         return response_head(
             resp,
             close=self._close_after,
@@ -340,13 +340,15 @@ class ServerSide(ExchangeState):
         body = resp.body
         replacer = self._replacer
         if body == LENGTH:
-            used = min(self._resp_left, len(data))
-            self._resp_left -= used
-            piece = data if used == len(data) else data[:used]
+            size = len(data)
+            used = min(self._resp_left, size)
+            self._resp_left = left = self._resp_left - used
+            piece = data if used == size else data[:used]
             if replacer is not None:
-                piece = self._replaced(replacer, piece, not self._resp_left)
+                piece = self._replaced(replacer, piece, not left)
             self._write(head, piece)
-            extra = used < len(data)
+            extra = used < size
+            done = not left
         elif body == CHUNKED:
             chunks = self._resp_chunks
             assert chunks is not None
@@ -366,12 +368,14 @@ class ServerSide(ExchangeState):
             else:
                 self._write(head, data if used == len(data) else data[:used])
             extra = used < len(data)
+            done = chunks.done
         elif body == UNTIL_CLOSE:
             self._write(head, data if replacer is None else self._replaced(replacer, data, False))
             return
         else:
             self._write(head, b"")
             extra = bool(data)
+            done = True
         if extra:
             # Bytes past the end of the response: the connection is out of step.
             log.warning("server %s sent bytes past the end of a response", self._server)
@@ -381,7 +385,7 @@ class ServerSide(ExchangeState):
                     self._pinned = None
                 up.close()
             self._close_after = self._close_after or not self._req_done
-        if self._resp_done_pending():
+        if done and self._resp is not None:
             self._finish_response()
 
     def _replaced(self, replacer: BodyReplacer, payload: bytes, done: bool) -> bytes:
@@ -431,11 +435,12 @@ class ServerSide(ExchangeState):
             self._close()
             return
         self._phase = HEAD
-        self._set_pause(P_PIPELINE, False)
-        self._active = self._loop.time()
+        if self._pause & P_PIPELINE:
+            self._set_pause(P_PIPELINE, False)
+        self._active = now = self._loop.time()
         # The header deadline is the shorter one and starts with the next request's first
         # byte; arming it now spares a timer reschedule on every request.
-        self._arm(min(self._phase_timeout(), self._listener.t_header))
+        self._arm_at(now + min(self._phase_timeout(), self._listener.t_header))
         if self._buf:
             self._read_heads()
 

@@ -146,6 +146,11 @@ def test_request_line_too_long_is_414(setup: Setup) -> None:
     _refused(setup, _head(target=b"/" + b"a" * 1100), 414)
 
 
+def test_request_line_too_long_without_header_fields_is_414(setup: Setup) -> None:
+    # HTTP/1.0 needs no Host: the head is the request line alone.
+    _refused(setup, b"GET /" + b"a" * 1100 + b" HTTP/1.0\r\n\r\n", 414)
+
+
 def test_unending_request_line_is_414_before_it_ends(setup: Setup) -> None:
     start = time.monotonic()
     with connect(setup.port) as sock:
