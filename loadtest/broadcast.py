@@ -246,6 +246,18 @@ def _totals(clients: list[ClientProcess]) -> tuple[int, int, Counter[str]]:
     return connected, answered, errors
 
 
+def _shape(args: argparse.Namespace, layout: Layout) -> dict[str, Any]:
+    """What a run was: clients, TLS or not, and the process layout."""
+    return {
+        "clients": layout.clients,
+        "tls": not args.plain,
+        "fd_limit": layout.fd_limit,
+        "proxy_workers": layout.proxy_workers,
+        "client_processes": layout.client_processes,
+        "backend_processes": layout.backend_processes,
+    }
+
+
 def measure(args: argparse.Namespace, layout: Layout, proxy: str, results: Path) -> dict[str, Any]:
     """One run through `proxy`: warm-up, ramp, held measurement, broadcast; its summary."""
     n = layout.clients
@@ -253,15 +265,7 @@ def measure(args: argparse.Namespace, layout: Layout, proxy: str, results: Path)
     hold = args.deadline + 60  # the servers answer by themselves if nobody releases them
     target = start_target(proxy, results, layout, hold, not args.plain)
     clients: list[ClientProcess] = []
-    summary: dict[str, Any] = {
-        "proxy": proxy,
-        "clients": n,
-        "tls": not args.plain,
-        "fd_limit": layout.fd_limit,
-        "proxy_workers": layout.proxy_workers,
-        "client_processes": layout.client_processes,
-        "backend_processes": layout.backend_processes,
-    }
+    summary: dict[str, Any] = {"proxy": proxy, **_shape(args, layout)}
     try:
         pid = target.pid
         # Warm-up: every worker builds its TLS contexts and server connections first.
@@ -453,12 +457,7 @@ def run(args: argparse.Namespace) -> int:
     ratio = report_comparison(runs)
     ok = all(passed(summary, args.max_kib) for summary in runs.values())
     combined = {
-        "clients": n,
-        "tls": not args.plain,
-        "fd_limit": layout.fd_limit,
-        "proxy_workers": layout.proxy_workers,
-        "client_processes": layout.client_processes,
-        "backend_processes": layout.backend_processes,
+        **_shape(args, layout),
         "kib_per_connection": {name: s["kib_per_connection"] for name, s in runs.items()},
         "ratio_revproxy_to_nginx": ratio,
         "passed": {name: passed(s, args.max_kib) for name, s in runs.items()},
