@@ -166,12 +166,17 @@ class Pool:
     def _round_robin(self, exclude: Collection[Server], client_ip: str) -> Server | None:
         servers = self.servers
         if self._equal:
+            # The index moves past every server looked at, as one step per server would.
             n = len(servers)
-            for _ in range(n):
-                server = servers[self._next % n]
-                self._next += 1
+            i = self._next
+            end = i + n
+            while i < end:
+                server = servers[i % n]
+                i += 1
                 if server.up and server.admin == ENABLED and server not in exclude:
+                    self._next = i
                     return server
+            self._next = i
             return None
         best: Server | None = None
         total = 0

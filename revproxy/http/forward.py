@@ -76,7 +76,8 @@ def request_head(
     `extend_xff`: the client is a trusted proxy, so its X-Forwarded-For is kept and
     extended; from anyone else the header is replaced, since it could be forged.
     """
-    drop = _drop_set(req.connection_tokens)
+    tokens = req.connection_tokens
+    drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else _drop_set(tokens)
     rid_name = fwd.request_id_header.lower() if request_id else b""
     absolute = req.absolute_authority
     special = _REQUEST_SPECIAL
@@ -161,7 +162,8 @@ def response_head(
     the caller). `upgrade`: the Upgrade value of a 101 that turns into a tunnel. `extra`:
     serialized field lines to add, each ending in CRLF.
     """
-    drop = _drop_set(resp.connection_tokens)
+    tokens = resp.connection_tokens
+    drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else _drop_set(tokens)
     # The body goes out with the server's transfer codings (e.g. "gzip, chunked"), so they
     # are passed on as sent; a body read until close goes to an HTTP/1.0 client without them
     # (RFC 9112 §6.1), and a dechunked one has none left.

@@ -240,8 +240,9 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         self._replacer = None
         self._set_cookie = None
         fwd = svc.forwarding
-        if svc.rules:
-            action = svc.rules.on_request(req.method, req.host, req.target, req.header)
+        rules = svc.rules
+        if rules is not None:
+            action = rules.on_request(req.method, req.host, req.target, req.header)
             if action.answer is not None:
                 self._answer(req, action.answer)
                 return

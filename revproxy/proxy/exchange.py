@@ -126,7 +126,8 @@ class ExchangeState:
 
     # ----------------------------------------------------------------- ending an exchange
 
-    def _end_exchange(self) -> None:
+    def _end_exchange(self, now: float | None = None) -> None:
+        """Count the exchange and drop its state; `now` is the loop time, if already read."""
         req, svc, server = self._req, self._svc, self._server
         if req is not None and svc is not None:
             self._stats.request_done(
@@ -141,7 +142,7 @@ class ExchangeState:
                 self._bytes_out,
                 self._t0,
                 self._t_resp,
-                self._loop.time(),
+                self._loop.time() if now is None else now,
                 self._rid,
             )
         if server is not None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
 from revproxy.http.forward import Forwarding
-from revproxy.http.rules import service_rules
+from revproxy.http.rules import RuleSet, service_rules
 from revproxy.proxy.router import Router
 from revproxy.proxy.stats import WorkerStats
 from revproxy.proxy.upstream import Endpoint
@@ -100,7 +100,8 @@ class Service:
         self.max_header_count = lim.max_header_count
         self.max_body = lim.max_body_bytes
         self.passive_statuses = frozenset(pool.config.health.passive_statuses)
-        self.rules = service_rules(config)  # falsy when the service has none
+        # None when the service has no rules: one identity test per request, not __bool__.
+        self.rules: RuleSet | None = service_rules(config) or None
         persistence = pool.config.persistence
         self.persistence = persistence.type != "none"
         self.cookie_name = persistence.cookie_name if persistence.type == "cookie" else ""

@@ -58,7 +58,10 @@ class ServerSide(ExchangeState):
                 return True
             if pinned.closed:
                 self._pinned = None
-        server = self._pick(svc)
+        if svc.persistence:
+            server = self._pick(svc)
+        else:
+            server = svc.pool.choose(self._tried, self._ip_str)
         if server is None:
             self._fail(503, extra=RETRY_AFTER)
             return False
@@ -341,12 +344,21 @@ class ServerSide(ExchangeState):
         replacer = self._replacer
         if body == LENGTH:
             size = len(data)
-            used = min(self._resp_left, size)
-            self._resp_left = left = self._resp_left - used
-            piece = data if used == size else data[:used]
+            left = self._resp_left
+            if size <= left:
+                used, piece = size, data
+            else:
+                used, piece = left, data[:left]
+            self._resp_left = left = left - used
             if replacer is not None:
                 piece = self._replaced(replacer, piece, not left)
-            self._write(head, piece)
+                self._write(head, piece)
+            elif head and size < 65536:
+                # _write's usual case: a small response in one send.
+                self._bytes_out += len(head) + used
+                self._transport.write(head + piece)  # type: ignore[union-attr]
+            else:
+                self._write(head, piece)
             extra = used < size
             done = not left
         elif body == CHUNKED:
@@ -414,16 +426,17 @@ class ServerSide(ExchangeState):
         resp = self._resp
         up = self._up
         self._up = None
+        now = self._loop.time()
         if up is not None:
             if up is self._pinned:
                 if not (resp is not None and resp.keep_alive and self._req_done):
                     self._pinned = None
                     up.close()
             elif resp is not None and resp.keep_alive and self._req_done and not up.closed:
-                up.endpoint.put_idle(up)
+                up.endpoint.put_idle(up, now)
             else:
                 up.close()
-        self._end_exchange()
+        self._end_exchange(now)
         if not self._req_done:
             # Answered before the request body was all read: the client may still send it.
             self._close(linger=True)
@@ -437,10 +450,17 @@ class ServerSide(ExchangeState):
         self._phase = HEAD
         if self._pause & P_PIPELINE:
             self._set_pause(P_PIPELINE, False)
-        self._active = now = self._loop.time()
+        self._active = now
         # The header deadline is the shorter one and starts with the next request's first
         # byte; arming it now spares a timer reschedule on every request.
-        self._arm_at(now + min(self._phase_timeout(), self._listener.t_header))
+        t_header = self._listener.t_header
+        svc = self._last_svc
+        if self._buf or self._draining or svc is None:
+            wait = min(self._phase_timeout(), t_header)
+        else:
+            # _phase_timeout() of an idle keep-alive connection, the usual case.
+            wait = svc.t_keepalive if svc.t_keepalive < t_header else t_header
+        self._arm_at(now + wait)
         if self._buf:
             self._read_heads()
 

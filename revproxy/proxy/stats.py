@@ -38,8 +38,8 @@ class WorkerStats:
         access_log: bool = False,
         events: Callable[[Event], None] | None = None,
     ) -> None:
-        # (service, pool, server, status class "2xx") -> count
-        self.requests: dict[tuple[str, str, str, str], int] = {}
+        # (service, pool, server) -> the counters a request answered there adds to
+        self._routes: dict[tuple[str, str, str], _Route] = {}
         # service -> [bytes in, bytes out]
         self.bytes: dict[str, list[int]] = {}
         # service -> bucket counts + [sum]; (pool, server) -> the same for upstream time
@@ -81,27 +81,23 @@ class WorkerStats:
         to the server to the response head, or -1 when no server answered. `server` is ""
         when no server was chosen.
         """
-        key = (service, pool, server, _STATUS_CLASS[status // 100 if 0 < status < 600 else 0])
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        b = self.bytes.get(service)
-        if b is None:
-            b = self.bytes[service] = [0, 0]
+        route = self._routes.get((service, pool, server))
+        if route is None:
+            route = self._route(service, pool, server)
+        route.statuses[status // 100 if 0 < status < 600 else 0] += 1
+        b = route.bytes
         b[0] += bytes_in
         b[1] += bytes_out
         total = finished - started
-        h = self.total_latency.get(service)
-        if h is None:
-            h = self.total_latency[service] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        h = route.total
         h[bisect_left(LATENCY_BUCKETS, total)] += 1
         h[-1] += total
         if upstream_time >= 0:
-            skey = (pool, server)
-            h = self.upstream_latency.get(skey)
-            if h is None:
-                h = self.upstream_latency[skey] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            h[bisect_left(LATENCY_BUCKETS, upstream_time)] += 1
-            h[-1] += upstream_time
+            u = route.upstream
+            if u is None:
+                u = route.upstream = self._upstream_histogram(pool, server)
+            u[bisect_left(LATENCY_BUCKETS, upstream_time)] += 1
+            u[-1] += upstream_time
         entries = self.access_log
         if entries is not None and req is not None:
             header = req.header
@@ -127,6 +123,23 @@ class WorkerStats:
                     request_id,
                 )
             )
+
+    def _route(self, service: str, pool: str, server: str) -> _Route:
+        """The counters of a (service, pool, server) seen for the first time."""
+        b = self.bytes.get(service)
+        if b is None:
+            b = self.bytes[service] = [0, 0]
+        total = self.total_latency.get(service)
+        if total is None:
+            total = self.total_latency[service] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        route = self._routes[(service, pool, server)] = _Route(b, total)
+        return route
+
+    def _upstream_histogram(self, pool: str, server: str) -> list[float]:
+        h = self.upstream_latency.get((pool, server))
+        if h is None:
+            h = self.upstream_latency[(pool, server)] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        return h
 
     def connection_opened(self, listener: str) -> None:
         """A client connection was accepted (after its TLS handshake)."""
@@ -190,7 +203,12 @@ class WorkerStats:
         counts followed by the sum.
         """
         counters: dict[str, list[list[Any]]] = {
-            "requests": [[*k, v] for k, v in self.requests.items()],
+            "requests": [
+                [*k, _STATUS_CLASS[i], n]
+                for k, route in self._routes.items()
+                for i, n in enumerate(route.statuses)
+                if n
+            ],
             "bytes_in": [[k, v[0]] for k, v in self.bytes.items()],
             "bytes_out": [[k, v[1]] for k, v in self.bytes.items()],
             "connections_accepted": [[k, v[1]] for k, v in self.connections.items()],
@@ -210,3 +228,20 @@ class WorkerStats:
 
 
 _STATUS_CLASS = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class _Route:
+    """The counters one (service, pool, server) adds to, found with one lookup per request.
+
+    The byte and latency lists are shared with every route of the same service (and the
+    upstream histogram with every route to the same server), so the totals stay per
+    service and per server.
+    """
+
+    __slots__ = ("statuses", "bytes", "total", "upstream")
+
+    def __init__(self, bytes_: list[int], total: list[float]) -> None:
+        self.statuses = [0] * len(_STATUS_CLASS)  # requests by status class
+        self.bytes = bytes_
+        self.total = total
+        self.upstream: list[float] | None = None

@@ -131,11 +131,12 @@ class Endpoint:
                 return conn
         return None
 
-    def put_idle(self, conn: ServerConnection) -> None:
+    def put_idle(self, conn: ServerConnection, now: float | None = None) -> None:
+        """Keep `conn` for reuse; `now` is the loop time, when the caller has it."""
         conn.owner = None
         if conn.closed:
             return
-        conn.idle_since = self._loop.time()
+        conn.idle_since = self._loop.time() if now is None else now
         self.idle.append(conn)
         if len(self.idle) > self.max_idle:
             self.idle[0].close()
