@@ -339,6 +339,7 @@ def _read_headers(t: Table) -> HeaderOptions:
         via=t.boolean("via", d.via),
         via_name=via_name,
         trusted_proxies=tuple(proxies),
+        underscores_in_headers=t.boolean("underscores_in_headers", d.underscores_in_headers),
     )
     t.finish()
     return headers

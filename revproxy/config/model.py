@@ -47,6 +47,8 @@ class HeaderOptions:
     via_name: str = "revproxy"
     # Addresses/networks whose X-Forwarded-For we extend; from anyone else it is replaced.
     trusted_proxies: tuple[str, ...] = ()
+    # Pass request fields whose names contain "_" (dropped by default).
+    underscores_in_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

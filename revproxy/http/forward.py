@@ -40,6 +40,9 @@ class Forwarding:
     # Header carrying the proxy's request id to the server ("" = none); one the client sent
     # under that name is replaced.
     request_id_header: bytes = b""
+    # Request fields whose names contain "_" are dropped (nginx's default): servers that map
+    # field names to variables with "-" turned into "_" cannot tell them from the real ones.
+    drop_underscored: bool = True
 
 
 # Drop sets for the Connection tokens seen (few different ones), bounded like a cache.
@@ -86,7 +89,10 @@ def request_head(
     out: list[bytes] = []
     append = out.append
     prior_xff: list[bytes] = []
+    underscored = req.underscored and fwd.drop_underscored
     for lname, value, line in req.headers:
+        if underscored and b"_" in lname:
+            continue
         if lname not in special and lname != rid_name:
             append(line)
             continue

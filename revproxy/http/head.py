@@ -57,6 +57,10 @@ _NO_TOKENS: frozenset[bytes] = frozenset()
 _REQUEST_FIELDS = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"}
 )
+# Marks, among the fields found, a block with a field name containing "_". A space is never
+# part of a field name, so this key never collides with one.
+UNDERSCORED = b" underscored"
+
 _RESPONSE_FIELDS = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"www-authenticate"}
 )
@@ -79,6 +83,7 @@ class Request:
         "expect_continue",
         "connection_tokens",
         "absolute_authority",
+        "underscored",
     )
 
     def __init__(
@@ -101,6 +106,8 @@ class Request:
         self.expect_continue = False
         self.connection_tokens = _NO_TOKENS
         self.absolute_authority: bytes | None = None
+        # A field name contains "_": CGI-style servers read X_Forwarded_For as X-Forwarded-For.
+        self.underscored = False
 
     def header(self, name: bytes) -> bytes | None:
         for lname, value, _ in self.headers:
@@ -206,6 +213,8 @@ def _parse_fields(
                 found[name] = [value]
             else:
                 values.append(value)
+    if b"_" in block and any(b"_" in header[0] for header in headers):
+        found[UNDERSCORED] = []
     if cacheable:
         if len(cache) >= _CACHED_BLOCKS:
             cache.clear()
@@ -288,6 +297,7 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
     req = Request(method, target, http11, headers)
     req.path = path
     req.absolute_authority = authority
+    req.underscored = UNDERSCORED in found
     get = found.get
 
     # RFC 9112 §3.2: exactly one Host in HTTP/1.1, and it must be valid.

@@ -48,6 +48,27 @@ from revproxy.tls.context import served_names_of, sni_host_mismatch, sni_of
 _FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
+_underscored_requests = 0
+
+
+def _dropped_underscored(client: str, req: Request) -> None:
+    """Log (the first time and every 1000th after) request fields dropped for a "_"."""
+    global _underscored_requests
+    names = [
+        line.partition(b":")[0].decode("latin-1") for name, _, line in req.headers if b"_" in name
+    ]
+    if names and _underscored_requests % 1000 == 0:
+        log.info(
+            "client %s: request fields with '_' in their names not forwarded: %s "
+            "(underscores_in_headers passes them; %d such requests before)",
+            client,
+            ", ".join(names)[:200],
+            _underscored_requests,
+        )
+    if names:
+        _underscored_requests += 1
+
+
 def _rule_forwarding(fwd: Forwarding, ops: tuple[HeaderOp, ...]) -> Forwarding:
     """A content rule that sets or removes a forwarding header has the last word on it."""
     names = {op[1] for op in ops}
@@ -250,9 +271,12 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                 req.target = action.target
             if action.headers:
                 req.headers = action.headers.apply(req.headers)
+                req.underscored = True  # the edits may have added some: look at each name
                 fwd = _rule_forwarding(fwd, action.headers.ops)
             self._edits = action.response
         lst = self._listener
+        if req.underscored and fwd.drop_underscored:
+            _dropped_underscored(self._ip_str, req)
         new_id = lst.new_request_id
         self._rid = rid = new_id() if new_id is not None else b""
         head = request_head(req, fwd, self._ip, trusted, lst.scheme, rid)

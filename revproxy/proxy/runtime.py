@@ -78,6 +78,7 @@ class Service:
             x_forwarded_host=h.x_forwarded_host,
             via=(b"1.1 " + h.via_name.encode()) if h.via else b"",
             request_id_header=request_id_header.encode(),
+            drop_underscored=not h.underscores_in_headers,
         )
         self.trusted: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in h.trusted_proxies

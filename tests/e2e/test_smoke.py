@@ -23,3 +23,33 @@ def test_get_is_forwarded_with_forwarding_headers(tmp_path: Path) -> None:
     finally:
         assert proxy.stop() == 0
         server.stop()
+
+
+def test_underscored_field_names_are_dropped_unless_allowed(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    config = (
+        simple_config(server.port)
+        + """
+[services.open]
+hosts = ["open.test"]
+pool = "p"
+  [services.open.headers]
+  underscores_in_headers = true
+"""
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    raw = b"GET / HTTP/1.1\r\nHost: %s\r\nX_Forwarded_For: 10.9.9.9\r\nX-Ok: a_b\r\n\r\n"
+    try:
+        assert exchange(proxy.port("plain"), raw % b"example.test")[0] == 200
+        assert exchange(proxy.port("plain"), raw % b"open.test")[0] == 200
+        closed, opened = server.requests
+        assert closed.header("x_forwarded_for") is None
+        assert closed.header("x-forwarded-for") == "127.0.0.1"
+        assert closed.header("x-ok") == "a_b"
+        assert opened.header("x_forwarded_for") == "10.9.9.9"
+        assert "request fields with '_' in their names not forwarded: X_Forwarded_For" in (
+            proxy.log()
+        )
+    finally:
+        assert proxy.stop() == 0
+        server.stop()

@@ -33,7 +33,34 @@ IP = b"192.0.2.7"
 
 RequestCase = tuple[str, bytes, Forwarding, bool, bytes, bytes]
 
+PASS_UNDERSCORED = Forwarding(
+    x_forwarded_for=False, x_forwarded_proto=False, x_forwarded_host=False, drop_underscored=False
+)
+
 REQUESTS: list[RequestCase] = [
+    (
+        # CGI-style servers read X_Forwarded_For as X-Forwarded-For: such names are dropped.
+        "underscored-names-dropped",
+        head(
+            b"GET / HTTP/1.1",
+            b"Host: a.example",
+            b"X_Forwarded_For: 10.9.9.9",
+            b"Cookie: a_b=c_d",
+            b"transfer_encoding: chunked",
+        ),
+        NONE,
+        False,
+        b"http",
+        sent(b"GET / HTTP/1.1", b"Host: a.example", b"Cookie: a_b=c_d"),
+    ),
+    (
+        "underscored-names-passed-when-allowed",
+        head(b"GET / HTTP/1.1", b"Host: a.example", b"X_Custom: 1"),
+        PASS_UNDERSCORED,
+        False,
+        b"http",
+        sent(b"GET / HTTP/1.1", b"Host: a.example", b"X_Custom: 1"),
+    ),
     (
         "plain",
         head(b"GET /a?b HTTP/1.1", b"Host: a.example", b"Accept: */*"),
