@@ -79,8 +79,7 @@ def request_head(
     `extend_xff`: the client is a trusted proxy, so its X-Forwarded-For is kept and
     extended; from anyone else the header is replaced, since it could be forged.
     """
-    tokens = req.connection_tokens
-    drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else _drop_set(tokens)
+    drop = _drop_set(req.connection_tokens)
     rid_name = fwd.request_id_header.lower() if request_id else b""
     absolute = req.absolute_authority
     special = _REQUEST_SPECIAL
@@ -168,8 +167,7 @@ def response_head(
     the caller). `upgrade`: the Upgrade value of a 101 that turns into a tunnel. `extra`:
     serialized field lines to add, each ending in CRLF.
     """
-    tokens = resp.connection_tokens
-    drop = HOP_BY_HOP if tokens <= HOP_BY_HOP else _drop_set(tokens)
+    drop = _drop_set(resp.connection_tokens)
     # The body goes out with the server's transfer codings (e.g. "gzip, chunked"), so they
     # are passed on as sent; a body read until close goes to an HTTP/1.0 client without them
     # (RFC 9112 §6.1), and a dechunked one has none left.

@@ -62,16 +62,10 @@ class Router(Generic[S]):
 
     def route(self, host: bytes, path: bytes) -> tuple[S | None, bool]:
         """(service, host_known): host_known is False when no service claims the host."""
-        try:
-            routes = self._cache[host]
-        except KeyError:
-            routes = self.routes_for(host)
+        routes = self.routes_for(host)
         if routes is None:
             return None, False
         for prefix, service in routes:
-            # prefix_matches, inline: this runs for every request.
-            if path.startswith(prefix) and (
-                len(path) == len(prefix) or prefix.endswith(b"/") or path[len(prefix)] == 0x2F
-            ):
+            if prefix_matches(prefix, path):
                 return service, True
         return None, True

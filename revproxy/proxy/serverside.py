@@ -58,10 +58,7 @@ class ServerSide(ExchangeState):
                 return True
             if pinned.closed:
                 self._pinned = None
-        if svc.persistence:
-            server = self._pick(svc)
-        else:
-            server = svc.pool.choose(self._tried, self._ip_str)
+        server = self._pick(svc)
         if server is None:
             self._fail(503, extra=RETRY_AFTER)
             return False
@@ -352,13 +349,7 @@ class ServerSide(ExchangeState):
             self._resp_left = left = left - used
             if replacer is not None:
                 piece = self._replaced(replacer, piece, not left)
-                self._write(head, piece)
-            elif head and size < 65536:
-                # _write's usual case: a small response in one send.
-                self._bytes_out += len(head) + used
-                self._transport.write(head + piece)  # type: ignore[union-attr]
-            else:
-                self._write(head, piece)
+            self._write(head, piece)
             extra = used < size
             done = not left
         elif body == CHUNKED:
@@ -453,14 +444,7 @@ class ServerSide(ExchangeState):
         self._active = now
         # The header deadline is the shorter one and starts with the next request's first
         # byte; arming it now spares a timer reschedule on every request.
-        t_header = self._listener.t_header
-        svc = self._last_svc
-        if self._buf or self._draining or svc is None:
-            wait = min(self._phase_timeout(), t_header)
-        else:
-            # _phase_timeout() of an idle keep-alive connection, the usual case.
-            wait = svc.t_keepalive if svc.t_keepalive < t_header else t_header
-        self._arm_at(now + wait)
+        self._arm_at(now + min(self._phase_timeout(), self._listener.t_header))
         if self._buf:
             self._read_heads()
 
