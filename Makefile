@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The forwarding path compiled with mypyc (revproxy/native.py); rebuilt when a source changes.
+NATIVE := $(VENV)/.native-stamp
+SOURCES := $(shell find revproxy -name '*.py')
 CONFIG ?=
 
-.PHONY: run test lint bench sysdeps clean check loadtest loadtest-broadcast
+.PHONY: run test lint bench sysdeps clean check compile loadtest loadtest-broadcast
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,11 +16,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,lint,loadtest]'
 	touch $(STAMP)
 
+$(NATIVE): $(STAMP) $(SOURCES)
+	$(PY) -c 'import sys, revproxy.native as n; sys.exit(n.build())'
+	touch $(NATIVE)
+
+compile: $(NATIVE)
+
 # System tools the tests and benchmark drive (curl, openssl, nginx, wrk); apt-get only when missing.
 sysdeps:
 	bash scripts/install-system-packages.sh
 
-run: $(STAMP)
+run: $(NATIVE)
 ifeq ($(CONFIG),)
 	$(PY) -m revproxy demo
 else
@@ -27,7 +36,7 @@ endif
 check: $(STAMP)
 	$(PY) -m revproxy check -c $(or $(CONFIG),deploy/examples/demo.toml)
 
-test: $(STAMP) sysdeps
+test: $(NATIVE) sysdeps
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -35,16 +44,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check revproxy tests bench loadtest
 	$(VENV)/bin/mypy revproxy loadtest
 
-bench: $(STAMP) sysdeps
+bench: $(NATIVE) sysdeps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 # Scripted virtual users against the demo (or --host URL); see docs/loadtest.md.
-loadtest: $(STAMP)
+loadtest: $(NATIVE)
 	$(PY) -m revproxy loadtest $(LOADTEST_ARGS)
 
 # 10,000 clients holding long polls through one proxy on this machine (about 70 s).
-loadtest-broadcast: $(STAMP)
+loadtest-broadcast: $(NATIVE)
 	$(PY) -m loadtest.broadcast --clients 10000 $(BROADCAST_ARGS)
 
 clean:
-	rm -rf $(VENV) certs/dev .pytest_cache .mypy_cache .ruff_cache
+	test ! -x $(PY) || $(PY) -c 'import revproxy.native as n; n.remove()'
+	rm -rf $(VENV) build certs/dev .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from revproxy import native
 from revproxy.config.load import ConfigError, load_config
 from revproxy.config.model import Config, ListenerConfig
 from revproxy.control.view import ReloadRecord
@@ -314,7 +315,12 @@ class Master:
             self._spawn_control()
         for slot in range(worker_count(config)):
             self._spawn(slot)
-        log.info("revproxy started: %d workers, pid %d", len(self.workers), os.getpid())
+        log.info(
+            "revproxy started: %d workers, pid %d, %s",
+            len(self.workers),
+            os.getpid(),
+            native.describe(),
+        )
 
     def reload(self) -> bool:
         """Load and check the configuration again; switch to it only if it is good."""
