@@ -171,6 +171,13 @@ def proxy_nginx_conf(
     client_max_body_size 0;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
+    # What revproxy sends by default: Host as the client sent it, the X-Forwarded-*
+    # fields (replacing any from an untrusted client) and a request id.
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Forwarded-For $remote_addr;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Host $http_host;
+    proxy_set_header X-Request-ID $request_id;
     proxy_request_buffering off;
     server {{
         listen 127.0.0.1:{plain_port} backlog=4096;
