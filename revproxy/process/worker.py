@@ -244,13 +244,23 @@ async def _serve_with(
     # Graceful stop: no new connections; busy ones finish (their last response says
     # Connection: close); idle ones close. A SIGTERM while retiring shortens the wait.
     started = loop.time()
+    listeners = list(runtime.listeners.values())
+    for listener in listeners:
+        listener.draining = True
     for server in servers:
         server.close()
+    # A connection accepted just before the close meets its protocol on the next turn of
+    # the loop; a TLS one only once its handshake completes. Both are waited for too.
+    await asyncio.sleep(0)
     for conn in list(registry):
         conn.drain()
     reporter.listening = False
     next_report = loop.time() + TICK
-    while registry and loop.time() < started + grace["seconds"]:
+
+    def busy() -> bool:
+        return bool(registry) or any(listener.handshaking for listener in listeners)
+
+    while busy() and loop.time() < started + grace["seconds"]:
         await asyncio.sleep(0.05)
         runtime.expire_idle(loop.time())
         if loop.time() >= next_report:

@@ -109,6 +109,8 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             self._cert_names = served_names_of(ssl_object)
         self._active = self._loop.time()
         self._arm(self._listener.t_header)
+        if listener.draining:
+            self.drain()
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase

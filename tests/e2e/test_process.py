@@ -312,6 +312,40 @@ def test_reload_answers_a_connection_accepted_before_it(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_reload_answers_a_tls_connection_still_in_its_handshake(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("a.test")
+    (tmp_path / "a.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
+    server = ScriptedServer(_named("s1")).start()
+    port = free_port()
+    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
+    config = simple_config(server.port, listener_extra=tls).replace(
+        'bind = "127.0.0.1:0"', f'bind = "127.0.0.1:{port}"'
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        (worker,) = _workers(proxy, 1)
+        before = _open_fds(worker)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            # Accepted by the worker, no ClientHello yet: the connection is neither served
+            # nor idle when the reload retires the worker.
+            wait_for(lambda: _open_fds(worker) > before, 5, "the connection to be accepted")
+            proxy.signal(signal.SIGHUP)
+            wait_for(lambda: "configuration reloaded" in proxy.log(), 10, "the reload")
+            with client.wrap_socket(raw, server_hostname="a.test") as sock:
+                sock.sendall(b"GET /late HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                status, headers, body = read_response(sock)  # type: ignore[arg-type]
+        assert (status, body) == (200, b"s1 GET /late HTTP/1.1")
+        assert headers.get("connection", "").lower() == "close"
+        wait_for(lambda: not process_alive(worker), 10, "the old worker to exit")
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
 def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path: Path) -> None:
     server = ScriptedServer(_named("s1")).start()
     proxy = ProxyProcess(simple_config(server.port), tmp_path)
