@@ -31,11 +31,15 @@ MODULES = (
     "revproxy.http.errors",
     "revproxy.http.forward",
     "revproxy.http.head",
+    "revproxy.balance.pool",
     "revproxy.proxy.client",
     "revproxy.proxy.exchange",
+    "revproxy.proxy.router",
+    "revproxy.proxy.runtime",
     "revproxy.proxy.serverside",
     "revproxy.proxy.stats",
     "revproxy.proxy.upstream",
+    "revproxy.tls.names",
 )
 
 PURE_ENV = "REVPROXY_PURE_PYTHON"

@@ -9,6 +9,7 @@ HTTP/1.0 recipient it can also hand out the decoded payload.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from revproxy.http.head import _FIELD, _TOKEN
 
@@ -25,9 +26,13 @@ _SIZE_LINE = re.compile(
     + rb"))?)*)"
 )
 
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
-MAX_LINE = 4096  # one size line or trailer field
-MAX_TRAILERS = 16384  # all trailer fields together
+_SIZE: Final = 0
+_DATA: Final = 1
+_DATA_END: Final = 2
+_TRAILER: Final = 3
+_DONE: Final = 4
+MAX_LINE: Final = 4096  # one size line or trailer field
+MAX_TRAILERS: Final = 16384  # all trailer fields together
 
 
 class ChunkError(ValueError):

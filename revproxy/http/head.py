@@ -18,14 +18,15 @@ exact bytes, so a repeated head is not parsed again; anything else is parsed
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from revproxy.http.errors import HttpError, ProtocolError
 
 # Body framing of a message.
-NO_BODY = 0
-LENGTH = 1  # Content-Length bytes follow
-CHUNKED = 2  # chunked transfer coding
-UNTIL_CLOSE = 3  # response only: body ends when the server closes
+NO_BODY: Final = 0
+LENGTH: Final = 1  # Content-Length bytes follow
+CHUNKED: Final = 2  # chunked transfer coding
+UNTIL_CLOSE: Final = 3  # response only: body ends when the server closes
 
 # RFC 9110 §5.6.2: token = 1*tchar
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"

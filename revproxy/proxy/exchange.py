@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from revproxy.balance.pool import Server
 from revproxy.http.chunked import ChunkedReader
@@ -31,18 +31,21 @@ from revproxy.proxy.upstream import ServerConnection
 log = logging.getLogger("revproxy.proxy")
 
 # Phases of a client connection.
-HEAD, EXCHANGE, TUNNEL, CLOSED = range(4)
+HEAD: Final = 0
+EXCHANGE: Final = 1
+TUNNEL: Final = 2
+CLOSED: Final = 3
 # Reasons to stop reading from the client (bit mask).
-P_UPSTREAM = 1  # the server connection's write buffer is full
-P_PIPELINE = 2  # pipelined bytes are waiting for the current exchange
-P_PENDING = 4  # request bytes are waiting for a server connection to open
+P_UPSTREAM: Final = 1  # the server connection's write buffer is full
+P_PIPELINE: Final = 2  # pipelined bytes are waiting for the current exchange
+P_PENDING: Final = 4  # request bytes are waiting for a server connection to open
 
-RATE_WINDOW = 10.0  # seconds over which client_body_min_rate is averaged
-LINGER = 2.0  # seconds unread client bytes are drained after an early close
-DRAIN_LINGER = 1.0  # seconds an idle keep-alive connection stays open once draining
-REPLAY_LIMIT = 64 * 1024  # request bytes kept to resend on a fresh connection
-PENDING_LIMIT = 256 * 1024
-MAX_RESPONSE_HEAD = 64 * 1024
+RATE_WINDOW: Final = 10.0  # seconds over which client_body_min_rate is averaged
+LINGER: Final = 2.0  # seconds unread client bytes are drained after an early close
+DRAIN_LINGER: Final = 1.0  # seconds an idle keep-alive connection stays open once draining
+REPLAY_LIMIT: Final = 64 * 1024  # request bytes kept to resend on a fresh connection
+PENDING_LIMIT: Final = 256 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 RETRY_AFTER = b"Retry-After: 5\r\n"
 

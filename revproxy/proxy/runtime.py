@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
 import os
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
@@ -27,6 +26,20 @@ from revproxy.tls.context import build_listener_context, build_pool_context
 log = logging.getLogger("revproxy.proxy")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RequestIds:
+    """Request ids: a random prefix per worker and configuration, then a counter."""
+
+    __slots__ = ("prefix", "count")
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(6).hex().encode() + b"-"
+        self.count = 0
+
+    def __call__(self) -> bytes:
+        self.count += 1
+        return self.prefix + b"%x" % self.count
 
 
 class Service:
@@ -135,6 +148,7 @@ class Listener:
         "sni_reject",
         "max_connections",
         "handshaking",
+        "draining",
         "_refused",
     )
 
@@ -143,7 +157,7 @@ class Listener:
         config: ListenerConfig,
         services: list[Service],
         stats: WorkerStats,
-        new_request_id: Callable[[], bytes] | None,
+        new_request_id: RequestIds | None,
         max_connections: int = 10000,
         ssl_context: ssl.SSLContext | None = None,
     ):
@@ -163,6 +177,9 @@ class Listener:
         # TLS connections accepted whose handshake has not completed: protocol -> since when.
         # Those still here after the handshake timeout failed their handshake.
         self.handshaking: dict[object, float] = {}
+        # The worker is stopping: a connection that completes its handshake now is drained
+        # at once (answered with Connection: close).
+        self.draining = False
         self._refused = 0
         # Until the head is parsed the service is unknown: the most generous one applies,
         # and the chosen service's own limits are checked once it is known.
@@ -207,13 +224,8 @@ class Runtime:
         """`listener_contexts`: TLS contexts already built for listeners, by name."""
         self.config = config
         self.stats = stats if stats is not None else WorkerStats()
-        # Request ids: a random prefix per worker and configuration, then a counter.
-        prefix = os.urandom(6).hex().encode() + b"-"
-        counter = itertools.count(1)
         rid_header = config.access_log.request_id_header
-
-        def new_request_id() -> bytes:
-            return b"%s%x" % (prefix, next(counter))
+        request_ids = RequestIds()
 
         self.pools: dict[str, Pool] = {}
         self.endpoints: list[Endpoint] = []
@@ -237,7 +249,7 @@ class Runtime:
                 lst_cfg,
                 services,
                 self.stats,
-                new_request_id if rid_header else None,
+                request_ids if rid_header else None,
                 config.global_.max_connections,
                 (listener_contexts or {}).get(lst_cfg.name),
             )

@@ -12,15 +12,14 @@ formatted in batches by the sink the worker installs (`access_log`).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from revproxy.http.head import Request
 
 # Upper bounds (seconds) of the latency histogram buckets; one more bucket counts the rest.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # One access-log entry, as request_done saw it: (listener, client_ip, service, pool, server,
 # method, target, http11, host, referer, user agent, status, bytes_in, bytes_out, started,
@@ -54,6 +53,8 @@ class WorkerStats:
         self.tls_failures: dict[str, int] = {}
         # Servers with a passive failure not yet followed by a success.
         self._failing: set[tuple[str, str]] = set()
+        # The route of the last request; this first one matches none.
+        self._last = _Route("\0", "\0", "\0", [0, 0], [])
         self._events = events
         self.access_log: list[AccessEntry] | None = [] if access_log else None
 
@@ -81,22 +82,25 @@ class WorkerStats:
         to the server to the response head, or -1 when no server answered. `server` is ""
         when no server was chosen.
         """
-        route = self._routes.get((service, pool, server))
-        if route is None:
-            route = self._route(service, pool, server)
+        route = self._last
+        if route.service is not service or route.server is not server or route.pool is not pool:
+            # Requests come in runs to the same place: the last route is kept at hand.
+            found = self._routes.get((service, pool, server))
+            route = found if found is not None else self._route(service, pool, server)
+            self._last = route
         route.statuses[status // 100 if 0 < status < 600 else 0] += 1
         b = route.bytes
         b[0] += bytes_in
         b[1] += bytes_out
         total = finished - started
         h = route.total
-        h[bisect_left(LATENCY_BUCKETS, total)] += 1
+        h[_bucket(total)] += 1
         h[-1] += total
         if upstream_time >= 0:
             u = route.upstream
             if u is None:
                 u = route.upstream = self._upstream_histogram(pool, server)
-            u[bisect_left(LATENCY_BUCKETS, upstream_time)] += 1
+            u[_bucket(upstream_time)] += 1
             u[-1] += upstream_time
         entries = self.access_log
         if entries is not None and req is not None:
@@ -132,7 +136,7 @@ class WorkerStats:
         total = self.total_latency.get(service)
         if total is None:
             total = self.total_latency[service] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-        route = self._routes[(service, pool, server)] = _Route(b, total)
+        route = self._routes[(service, pool, server)] = _Route(service, pool, server, b, total)
         return route
 
     def _upstream_histogram(self, pool: str, server: str) -> list[float]:
@@ -227,6 +231,16 @@ class WorkerStats:
         return {"counters": counters, "gauges": gauges, "histograms": histograms}
 
 
+def _bucket(seconds: float) -> int:
+    """The histogram bucket of a duration: the first bound it does not exceed."""
+    i = 0
+    for bound in LATENCY_BUCKETS:
+        if seconds <= bound:
+            return i
+        i += 1
+    return i
+
+
 _STATUS_CLASS = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -238,9 +252,14 @@ class _Route:
     service and per server.
     """
 
-    __slots__ = ("statuses", "bytes", "total", "upstream")
+    __slots__ = ("service", "pool", "server", "statuses", "bytes", "total", "upstream")
 
-    def __init__(self, bytes_: list[int], total: list[float]) -> None:
+    def __init__(
+        self, service: str, pool: str, server: str, bytes_: list[int], total: list[float]
+    ) -> None:
+        self.service = service
+        self.pool = pool
+        self.server = server
         self.statuses = [0] * len(_STATUS_CLASS)  # requests by status class
         self.bytes = bytes_
         self.total = total

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from revproxy.balance.pool import Server
 from revproxy.config.model import PoolConfig
@@ -20,16 +20,10 @@ from revproxy.tls.context import server_hostname
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-WRITE_HIGH = 256 * 1024
-WRITE_LOW = 64 * 1024
+    from revproxy.proxy.serverside import ServerSide
 
-
-class Owner(Protocol):
-    """What a server connection reports to the client connection that owns it."""
-
-    def server_data(self, conn: ServerConnection, data: bytes) -> None: ...
-    def server_lost(self, conn: ServerConnection, exc: Exception | None) -> None: ...
-    def server_write_paused(self, paused: bool) -> None: ...
+WRITE_HIGH: Final = 256 * 1024
+WRITE_LOW: Final = 64 * 1024
 
 
 class ServerConnection(asyncio.Protocol):
@@ -38,7 +32,8 @@ class ServerConnection(asyncio.Protocol):
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
-        self.owner: Owner | None = None
+        # The client connection whose request this connection carries (None while idle).
+        self.owner: ServerSide | None = None
         self.closed = False
         self.idle_since = 0.0
         self.requests = 0  # requests carried, >0 means a reused connection
