@@ -6,7 +6,9 @@ which Python imports in preference to the source. Compiled, a small proxied requ
 costs a good deal less CPU; the behaviour is the same, and the test suite runs against
 whichever form is in place.
 
-The shared objects are used only when all of them are at least as new as their sources.
+In a source checkout, the shared objects are used only when all of them are at least as
+new as their sources. (An installed package, built with setup.py and REVPROXY_COMPILE=1 as
+the container image is, uses what it was built with.)
 One stale or missing object (a source edited since the last build), or
 REVPROXY_PURE_PYTHON=1 in the environment, makes every module in MODULES load from its
 .py instead: compiled modules call each other directly, so the two forms never mix.
@@ -59,15 +61,15 @@ def compiled_state(root: Path = ROOT, env: Mapping[str, str] = os.environ) -> st
     """One of: compiled, stale (objects older than their sources), absent, disabled."""
     if env.get(PURE_ENV, "") not in ("", "0"):
         return "disabled"
-    state = "compiled"
     for name in MODULES:
-        try:
-            built = object_of(name, root).stat().st_mtime
-        except FileNotFoundError:
+        if not object_of(name, root).exists():
             return "absent"
-        if source_of(name, root).stat().st_mtime > built:
-            state = "stale"
-    return state
+    if not (root / "pyproject.toml").exists():
+        return "compiled"  # an installed package: its files come as the wheel had them
+    for name in MODULES:
+        if source_of(name, root).stat().st_mtime > object_of(name, root).stat().st_mtime:
+            return "stale"
+    return "compiled"
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):

@@ -20,6 +20,7 @@ PROBE = (
 
 
 def _fake_tree(root: Path) -> None:
+    (root / "pyproject.toml").write_text("")
     for name in native.MODULES:
         src = native.source_of(name, root)
         src.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +39,9 @@ def test_state_follows_the_objects_and_their_sources(tmp_path: Path) -> None:
     built = native.object_of(native.MODULES[-1], tmp_path).stat().st_mtime
     os.utime(src, (built + 10, built + 10))
     assert native.compiled_state(tmp_path, {}) == "stale"
+    # Installed from a wheel (no source checkout): the objects are used as they are.
+    (tmp_path / "pyproject.toml").unlink()
+    assert native.compiled_state(tmp_path, {}) == "compiled"
     # One object missing: nothing compiled is used.
     native.object_of(native.MODULES[0], tmp_path).unlink()
     assert native.compiled_state(tmp_path, {}) == "absent"
@@ -62,6 +66,7 @@ def compiled_copy(tmp_path: Path) -> Path:
     if native.STATE != "compiled":
         pytest.skip(f"the forwarding path is not compiled here: {native.describe()}")
     shutil.copytree(native.ROOT / "revproxy", tmp_path / "revproxy")
+    shutil.copy2(native.ROOT / "pyproject.toml", tmp_path)
     for lib in native.ROOT.glob("*__mypyc*"):
         shutil.copy2(lib, tmp_path)
     return tmp_path
