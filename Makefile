@@ -36,8 +36,14 @@ endif
 check: $(STAMP)
 	$(PY) -m revproxy check -c $(or $(CONFIG),deploy/examples/demo.toml)
 
+# The whole suite runs against the compiled forwarding path; the HTTP paths run once more
+# as pure Python, the form used where there is no C compiler (about 20 s).
+PURE_TESTS := tests/http tests/e2e/test_framing.py tests/e2e/test_keepalive.py \
+	tests/e2e/test_smoke.py tests/e2e/test_streaming.py
+
 test: $(NATIVE) sysdeps
 	$(PY) -m pytest
+	REVPROXY_PURE_PYTHON=1 $(PY) -m pytest -q -p no:cacheprovider $(PURE_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check revproxy tests bench loadtest

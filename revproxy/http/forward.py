@@ -120,17 +120,17 @@ def request_head(
         append(b"Connection: upgrade\r\nUpgrade: %s" % req.upgrade)
     if fwd.x_forwarded_for:
         if prior_xff:
-            append(b"X-Forwarded-For: %s, %s" % (b", ".join(prior_xff), client_ip))
+            append(b"X-Forwarded-For: " + b", ".join(prior_xff) + b", " + client_ip)
         else:
-            append(b"X-Forwarded-For: %s" % client_ip)
+            append(b"X-Forwarded-For: " + client_ip)
     if fwd.x_forwarded_proto:
-        append(b"X-Forwarded-Proto: %s" % scheme)
+        append(b"X-Forwarded-Proto: " + scheme)
     if fwd.x_forwarded_host and req.host:
-        append(b"X-Forwarded-Host: %s" % req.host)
+        append(b"X-Forwarded-Host: " + req.host)
     if fwd.via:
-        append(b"Via: %s" % fwd.via)
+        append(b"Via: " + fwd.via)
     if request_id:
-        append(b"%s: %s" % (fwd.request_id_header, request_id))
+        append(fwd.request_id_header + b": " + request_id)
     # Each field line ends in CRLF, then the empty line.
     append(b"")
     append(b"")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import ProxyProcess, ScriptedServer, exchange, simple_config
+from harness import ProxyProcess, ScriptedServer, exchange, simple_config, wait_for
+
+from revproxy import native
 
 
 def test_get_is_forwarded_with_forwarding_headers(tmp_path: Path) -> None:
@@ -20,6 +22,9 @@ def test_get_is_forwarded_with_forwarding_headers(tmp_path: Path) -> None:
         assert req.header("host") == "example.test"
         assert req.header("x-forwarded-for") == "127.0.0.1"
         assert req.header("x-forwarded-proto") == "http"
+        # The proxy runs the same form of the forwarding path as this test run reports.
+        wait_for(lambda: "revproxy started" in proxy.log(), 10, "the startup line")
+        assert native.describe() in proxy.log()
     finally:
         assert proxy.stop() == 0
         server.stop()
