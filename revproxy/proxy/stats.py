@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from revproxy.http.head import Request
 
 # Upper bounds (seconds) of the latency histogram buckets; one more bucket counts the rest.
-_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-LATENCY_BUCKETS: tuple[float, ...] = _BOUNDS
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
 
 # One access-log entry, as request_done saw it: (listener, client_ip, service, pool, server,
 # method, target, http11, host, referer, user agent, status, bytes_in, bytes_out, started,
