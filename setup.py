@@ -14,7 +14,7 @@ ext_modules = []
 if os.environ.get("REVPROXY_COMPILE") == "1":
     from mypyc.build import mypycify
 
-    modules = runpy.run_path(os.path.join("revproxy", "native.py"))["MODULES"]
-    ext_modules = mypycify([m.replace(".", "/") + ".py" for m in modules], opt_level="3")
+    native = runpy.run_path(os.path.join("revproxy", "native.py"))
+    ext_modules = mypycify(native["sources"]())
 
 setup(ext_modules=ext_modules)

@@ -107,8 +107,14 @@ def remove() -> None:
         lib.unlink()
 
 
+def sources() -> list[str]:
+    """The source files of MODULES, relative to the checkout (what mypyc is given)."""
+    return [str(source_of(name).relative_to(ROOT)) for name in MODULES]
+
+
 def build() -> int:
     """Compile MODULES in place; without a C compiler or Python's headers, stay pure."""
+    remove()
     include = Path(sysconfig.get_paths()["include"]) / "Python.h"
     cc = sysconfig.get_config_var("CC") or "cc"
     if shutil.which(cc.split()[0]) is None or not include.exists():
@@ -117,15 +123,10 @@ def build() -> int:
             "pure Python (slower, same behaviour)",
             file=sys.stderr,
         )
-        remove()
         return 0
-    remove()
-    sources = [str(source_of(name).relative_to(ROOT)) for name in MODULES]
-    env = dict(os.environ, MYPYC_OPT_LEVEL=os.environ.get("MYPYC_OPT_LEVEL", "3"))
     done = subprocess.run(
-        [sys.executable, "-m", "mypyc", *sources],
+        [sys.executable, "-m", "mypyc", *sources()],
         cwd=ROOT,
-        env=env,
         capture_output=True,
         text=True,
         check=False,
