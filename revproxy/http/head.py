@@ -47,9 +47,12 @@ _FIELD_BLOCK = re.compile(rb"(?:" + _TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n)
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]{0,5}))?")
 # Host values already found valid (clients send few different ones), bounded.
 _VALID_HOSTS: set[bytes] = set()
-# RFC 3986 §2.3: "%2E" is the same as "." once a server normalizes the path.
-DOT_SEGMENT = re.compile(rb"/(?:\.|%2[Ee]){1,2}(?:/|$)")
-_DOT, _PERCENT = ord("."), ord("%")  # a byte value is looked up faster than a bytes object
+# RFC 3986 §2.3: "%2E" is the same as "." once a server normalizes the path. Servers that
+# decode "%2F" before normalizing, and Windows servers (IIS), which also take "\" and "%5C"
+# for "/", see a dot-segment between any of those separators.
+_SEPARATOR = rb"(?:/|\\|%2[Ff]|%5[Cc])"
+DOT_SEGMENT = re.compile(_SEPARATOR + rb"(?:\.|%2[Ee]){1,2}(?:" + _SEPARATOR + rb"|$)")
+_DOT, _PERCENT, _BACKSLASH = ord("."), ord("%"), ord("\\")  # byte values: faster lookups
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, value, raw line)
 
@@ -395,6 +398,10 @@ def _request_target(method: bytes, target: bytes, http11: bool) -> _RequestLine:
         path = b"*"
     else:
         raise HttpError(400, "invalid request target")
+    if _BACKSLASH in path:
+        # Not a URI character (RFC 3986 §2); IIS reads it as "/", so "/a/..\b" would climb
+        # out of the prefix "/a" on the server while the proxy routed it by "/a".
+        raise HttpError(400, "backslash in path")
     if (_DOT in path or _PERCENT in path) and DOT_SEGMENT.search(path):
         # Dot-segments would let a path escape the prefix it was routed by.
         raise HttpError(400, "dot-segment in path")

@@ -502,7 +502,11 @@ def _answer(answer: Answer, response_ops: list[HeaderOp], names: list[str]) -> R
 
 def _valid_target(target: bytes) -> bool:
     path = target.partition(b"?")[0]
-    return _VALID_TARGET.fullmatch(target) is not None and DOT_SEGMENT.search(path) is None
+    return (
+        _VALID_TARGET.fullmatch(target) is not None
+        and b"\\" not in path
+        and DOT_SEGMENT.search(path) is None
+    )
 
 
 def _unescape_unreserved(m: re.Match[bytes]) -> bytes:

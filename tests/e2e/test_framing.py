@@ -183,6 +183,9 @@ REFUSED = [
     ("dot-segment", b"GET /./a HTTP/1.1\r\n" + _H + b"\r\n", 400),
     ("dot-dot-at-end", b"GET /a/.. HTTP/1.1\r\n" + _H + b"\r\n", 400),
     ("dot-dot-before-query", b"GET /a/..?x=1 HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("backslash-dot-dot", b"GET /a/..\\b HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("pct-backslash-dot-dot", b"GET /a/..%5Cb HTTP/1.1\r\n" + _H + b"\r\n", 400),
+    ("pct-slash-dot-dot", b"GET /a%2F..%2Fb HTTP/1.1\r\n" + _H + b"\r\n", 400),
     ("unknown-expectation", b"GET /r HTTP/1.1\r\n" + _H + b"Expect: teapot\r\n\r\n", 417),
     # Bad chunk framing: the head was acceptable, the body is not.
     (

@@ -90,6 +90,9 @@ VALID: list[Case] = [
     ("three-dots", head(b"GET /a/.../b HTTP/1.1", H), {"path": b"/a/.../b"}),
     ("dot-file", head(b"GET /.htaccess HTTP/1.1", H), {"path": b"/.htaccess"}),
     ("percent-not-dot", head(b"GET /a/%2f/b%20c HTTP/1.1", H), {"path": b"/a/%2f/b%20c"}),
+    ("encoded-separators-no-dots", head(b"GET /a%5Cb%2Fc HTTP/1.1", H), {"path": b"/a%5Cb%2Fc"}),
+    ("backslash-in-query", head(b"GET /a?x=..\\y HTTP/1.1", H), {"path": b"/a"}),
+    ("dots-after-encoded-separator", head(b"GET /a%2F...b HTTP/1.1", H), {"path": b"/a%2F...b"}),
     # Versions and persistence, RFC 9112 §9.3.
     ("http10-default-close", head(b"GET / HTTP/1.0"), {"keep_alive": False, "http11": False}),
     ("http10-no-host-ok", head(b"GET / HTTP/1.0"), {"host": b""}),
@@ -278,6 +281,15 @@ INVALID: list[Case] = [
     ("pct-dot-dot-upper", head(b"GET /a/%2E%2E HTTP/1.1", H), 400),
     ("pct-dot-mixed", head(b"GET /a/.%2e/b HTTP/1.1", H), 400),
     ("pct-dot", head(b"GET /a/%2e/b HTTP/1.1", H), 400),
+    # IIS takes "\" (and "%5C") for "/"; servers that decode "%2F" first see a separator too.
+    ("backslash", head(b"GET /a\\b HTTP/1.1", H), 400),
+    ("backslash-dot-dot", head(b"GET /a/..\\b HTTP/1.1", H), 400),
+    ("backslash-absolute-form", head(b"GET http://a.example/a\\b HTTP/1.1", H), 400),
+    ("pct-slash-dot-dot", head(b"GET /a%2F..%2Fb HTTP/1.1", H), 400),
+    ("pct-slash-dot-dot-lower", head(b"GET /a/%2f..%2fb HTTP/1.1", H), 400),
+    ("pct-backslash-dot-dot", head(b"GET /a/..%5Cb HTTP/1.1", H), 400),
+    ("pct-backslash-dot-dot-end", head(b"GET /a%5c.. HTTP/1.1", H), 400),
+    ("pct-backslash-pct-dot", head(b"GET /a%5C%2E%5Cb HTTP/1.1", H), 400),
     # Host, RFC 9112 §3.2.
     ("host-missing-http11", head(b"GET / HTTP/1.1"), 400),
     ("host-missing-other-fields", head(b"GET / HTTP/1.1", b"Accept: */*"), 400),
