@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from revproxy.http.errors import reason
-from revproxy.http.head import CHUNKED, UNTIL_CLOSE, Request, Response
+from revproxy.http.head import CHUNKED, UNTIL_CLOSE, Header, Request, Response
 
 HOP_BY_HOP = frozenset(
     {
@@ -79,11 +79,62 @@ def request_head(
     `extend_xff`: the client is a trusted proxy, so its X-Forwarded-For is kept and
     extended; from anyone else the header is replaced, since it could be forged.
     """
-    drop = _drop_set(req.connection_tokens)
-    rid_name = fwd.request_id_header.lower() if request_id else b""
     absolute = req.absolute_authority
+    options = (
+        (_EXTEND_XFF if extend_xff else 0)
+        | (_ABSOLUTE if absolute is not None else 0)
+        | (_REQUEST_ID if request_id else 0)
+    )
+    block = req.block
+    if block is not None and block.copied_for is fwd and block.copied_options == options:
+        copied, prior_xff = block.copied, block.prior_xff
+    else:
+        copied, prior_xff = _copied_fields(req, fwd, options)
+        if block is not None:
+            block.copied, block.prior_xff = copied, prior_xff
+            block.copied_for, block.copied_options = fwd, options
+    out = [req.method, b" ", req.target, b" HTTP/1.1\r\n", copied]
+    append = out.append
+    if absolute is not None:
+        append(b"Host: %s\r\n" % absolute)
+    elif not req.http11 and not req.host and req.header(b"host") is None:
+        # RFC 9112 §3.2: an HTTP/1.1 request always has Host, empty when there is no authority.
+        append(b"Host: \r\n")
+    if req.body == CHUNKED:
+        append(b"Transfer-Encoding: chunked\r\n")
+    if req.upgrade is not None:
+        append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % req.upgrade)
+    if fwd.x_forwarded_for:
+        if prior_xff:
+            append(b"X-Forwarded-For: " + b", ".join(prior_xff) + b", " + client_ip + b"\r\n")
+        else:
+            append(b"X-Forwarded-For: " + client_ip + b"\r\n")
+    if fwd.x_forwarded_proto:
+        append(b"X-Forwarded-Proto: " + scheme + b"\r\n")
+    if fwd.x_forwarded_host and req.host:
+        append(b"X-Forwarded-Host: " + req.host + b"\r\n")
+    if fwd.via:
+        append(b"Via: " + fwd.via + b"\r\n")
+    if request_id:
+        append(fwd.request_id_header + b": " + request_id + b"\r\n")
+    append(b"\r\n")
+    return b"".join(out)
+
+
+# What the lines a request head copies depend on besides its header block and Forwarding.
+_EXTEND_XFF = 1
+_ABSOLUTE = 2  # absolute-form target: its authority replaces Host
+_REQUEST_ID = 4  # a request id is sent (under fwd.request_id_header)
+
+
+def _copied_fields(req: Request, fwd: Forwarding, options: int) -> tuple[bytes, list[bytes]]:
+    """The field lines copied as they are (each ending in CRLF), and the X-Forwarded-For
+    values to extend (when options has _EXTEND_XFF)."""
+    drop = _drop_set(req.connection_tokens)
+    rid_name = fwd.request_id_header.lower() if options & _REQUEST_ID else b""
+    absolute = options & _ABSOLUTE
     special = _REQUEST_SPECIAL
-    if drop is not HOP_BY_HOP or absolute is not None:
+    if drop is not HOP_BY_HOP or absolute:
         special = special | drop | {b"host"}
     out: list[bytes] = []
     append = out.append
@@ -99,42 +150,19 @@ def request_head(
             continue
         if lname[:12] == b"x-forwarded-":
             if lname == b"x-forwarded-for" and fwd.x_forwarded_for:
-                if extend_xff and value:
+                if options & _EXTEND_XFF and value:
                     prior_xff.append(value)
                 continue
             if lname == b"x-forwarded-proto" and fwd.x_forwarded_proto:
                 continue
             if lname == b"x-forwarded-host" and fwd.x_forwarded_host:
                 continue
-        elif lname == b"host" and absolute is not None:
+        elif lname == b"host" and absolute:
             continue
         append(line)
-    if absolute is not None:
-        append(b"Host: %s" % absolute)
-    elif not req.http11 and not req.host and req.header(b"host") is None:
-        # RFC 9112 §3.2: an HTTP/1.1 request always has Host, empty when there is no authority.
-        append(b"Host: ")
-    if req.body == CHUNKED:
-        append(b"Transfer-Encoding: chunked")
-    if req.upgrade is not None:
-        append(b"Connection: upgrade\r\nUpgrade: %s" % req.upgrade)
-    if fwd.x_forwarded_for:
-        if prior_xff:
-            append(b"X-Forwarded-For: " + b", ".join(prior_xff) + b", " + client_ip)
-        else:
-            append(b"X-Forwarded-For: " + client_ip)
-    if fwd.x_forwarded_proto:
-        append(b"X-Forwarded-Proto: " + scheme)
-    if fwd.x_forwarded_host and req.host:
-        append(b"X-Forwarded-Host: " + req.host)
-    if fwd.via:
-        append(b"Via: " + fwd.via)
-    if request_id:
-        append(fwd.request_id_header + b": " + request_id)
-    # Each field line ends in CRLF, then the empty line.
-    append(b"")
-    append(b"")
-    return b"".join((req.method, b" ", req.target, b" HTTP/1.1\r\n", b"\r\n".join(out)))
+    if out:
+        append(b"")  # so that the last field line ends in CRLF too
+    return b"\r\n".join(out), prior_xff
 
 
 _STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
@@ -173,15 +201,17 @@ def response_head(
     # (RFC 9112 §6.1), and a dechunked one has none left.
     body = resp.body
     keep_te = not dechunk and (body == CHUNKED or (body == UNTIL_CLOSE and not http10_client))
-    if keep_te:
-        lines = [
-            line
-            for lname, _, line in resp.headers
-            if lname not in drop or lname == b"transfer-encoding"
-        ]
+    block = resp.block
+    memo = None if block is None else block.forwarded_te if keep_te else block.forwarded
+    if memo is not None:
+        fields = memo
     else:
-        lines = [line for lname, _, line in resp.headers if lname not in drop]
-    lines.append(b"")  # so that the last field line ends in CRLF too
+        fields = _forwarded_fields(resp.headers, drop, keep_te)
+        if block is not None:
+            if keep_te:
+                block.forwarded_te = fields
+            else:
+                block.forwarded = fields
     if upgrade is not None:
         connection = b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade
     elif close:
@@ -193,13 +223,25 @@ def response_head(
     return b"".join(
         (
             _status_line(resp.status, resp.reason),
-            b"\r\n".join(lines),
+            fields,
             connection,
             b"Via: %s\r\n" % via if via else b"",
             extra,
             b"\r\n",
         )
     )
+
+
+def _forwarded_fields(headers: list[Header], drop: frozenset[bytes], keep_te: bool) -> bytes:
+    """The field lines passed on (those not in `drop`), each ending in CRLF."""
+    if keep_te:
+        lines = [
+            line for lname, _, line in headers if lname not in drop or lname == b"transfer-encoding"
+        ]
+    else:
+        lines = [line for lname, _, line in headers if lname not in drop]
+    lines.append(b"")  # so that the last field line ends in CRLF too
+    return b"\r\n".join(lines)
 
 
 def interim_head(resp: Response) -> bytes:

@@ -88,6 +88,7 @@ class Request:
         "connection_tokens",
         "absolute_authority",
         "underscored",
+        "block",
     )
 
     def __init__(
@@ -112,6 +113,8 @@ class Request:
         self.absolute_authority: bytes | None = None
         # A field name contains "_": CGI-style servers read X_Forwarded_For as X-Forwarded-For.
         self.underscored = False
+        # The cached header block `headers` came from; None once they are changed.
+        self.block: FieldBlock | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for lname, value, _ in self.headers:
@@ -133,6 +136,7 @@ class Response:
         "keep_alive",
         "connection_tokens",
         "auth_challenge",
+        "block",
     )
 
     def __init__(
@@ -151,6 +155,8 @@ class Response:
         self.keep_alive = True
         self.connection_tokens = _NO_TOKENS
         self.auth_challenge = False  # 401 with an NTLM or Negotiate challenge
+        # The cached header block `headers` came from; None once they are changed.
+        self.block: FieldBlock | None = None
 
     def header(self, name: bytes) -> bytes | None:
         for lname, value, _ in self.headers:
@@ -162,11 +168,44 @@ class Response:
 # Header blocks already parsed, by their bytes: a keep-alive client sends the same fields
 # request after request, and a server the same fields for a resource. Only blocks that
 # passed every check are kept; a full cache is emptied rather than searched for the oldest.
-_Fields = tuple[tuple[Header, ...], dict[bytes, list[bytes]]]
-_REQUEST_BLOCKS: dict[bytes, _Fields] = {}
-_RESPONSE_BLOCKS: dict[bytes, _Fields] = {}
+class FieldBlock:
+    """A header block that passed every check, as the caches keep it.
+
+    The other attributes memoize what the forwarding code makes of the block, each field
+    line ending in CRLF. For a response head: its lines as passed on (hop-by-hop fields
+    removed), with Transfer-Encoding kept (`forwarded_te`) or not (`forwarded`); they depend
+    on nothing but the block. For a request head: the lines copied as they are, and the
+    X-Forwarded-For values to extend (`copied`, `prior_xff`), for the forwarding settings
+    `copied_for` with the options `copied_options` (see forward.request_head).
+    """
+
+    __slots__ = (
+        "headers",
+        "found",
+        "forwarded",
+        "forwarded_te",
+        "copied",
+        "prior_xff",
+        "copied_for",
+        "copied_options",
+    )
+
+    def __init__(self, headers: tuple[Header, ...], found: dict[bytes, list[bytes]]) -> None:
+        self.headers = headers
+        self.found = found
+        self.forwarded: bytes | None = None
+        self.forwarded_te: bytes | None = None
+        self.copied = b""
+        self.prior_xff: list[bytes] = []
+        self.copied_for: object = None
+        self.copied_options = -1
+
+
+_REQUEST_BLOCKS: dict[bytes, FieldBlock] = {}
+_RESPONSE_BLOCKS: dict[bytes, FieldBlock] = {}
 _CACHED_BLOCKS = 128
 _CACHED_BLOCK_SIZE = 4096
+_NO_FIELDS = FieldBlock((), {})
 
 
 def _parse_fields(
@@ -174,22 +213,23 @@ def _parse_fields(
     max_count: int,
     error: type[Exception],
     wanted: frozenset[bytes],
-    cache: dict[bytes, _Fields],
-) -> tuple[list[Header], dict[bytes, list[bytes]]]:
+    cache: dict[bytes, FieldBlock],
+) -> tuple[list[Header], dict[bytes, list[bytes]], FieldBlock | None]:
     """Fields of a header block (the lines after the start line, CRLF-separated).
 
     Also returns the values of the `wanted` fields by name, in order, so that the caller
-    looks at each line once (a dict the caller must not change).
+    looks at each line once (a dict the caller must not change), and the cached block
+    (None for a block too large to keep).
     """
     if not block:
-        return [], {}
+        return [], _NO_FIELDS.found, _NO_FIELDS
     cacheable = len(block) <= _CACHED_BLOCK_SIZE
     if cacheable:
         parsed = cache.get(block)
         if parsed is not None:
-            if len(parsed[0]) > max_count:
+            if len(parsed.headers) > max_count:
                 raise _error(error, 431, "too many header fields")
-            return list(parsed[0]), parsed[1]
+            return list(parsed.headers), parsed.found, parsed
     # One regex pass over the whole block validates every line at C speed; the
     # per-line diagnosis below only runs for messages that are rejected anyway.
     if _FIELD_BLOCK.fullmatch(block + b"\r\n") is None:
@@ -219,11 +259,12 @@ def _parse_fields(
                 values.append(value)
     if b"_" in block and any(b"_" in header[0] for header in headers):
         found[UNDERSCORED] = []
-    if cacheable:
-        if len(cache) >= _CACHED_BLOCKS:
-            cache.clear()
-        cache[block] = (tuple(headers), found)
-    return headers, found
+    if not cacheable:
+        return headers, found, None
+    if len(cache) >= _CACHED_BLOCKS:
+        cache.clear()
+    kept = cache[block] = FieldBlock(tuple(headers), found)
+    return headers, found, kept
 
 
 def _digits(value: bytes) -> bool:
@@ -279,7 +320,7 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
     start_line, _, block = head.partition(b"\r\n")
     line = _REQUEST_LINES.get(start_line)
     if line is not None:
-        headers, found = _parse_fields(
+        headers, found, fields = _parse_fields(
             block, max_count, HttpError, _REQUEST_FIELDS, _REQUEST_BLOCKS
         )
     else:
@@ -289,7 +330,7 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
         method, target, major, minor = m.groups()
         if major != b"1":
             raise HttpError(505, "unsupported HTTP version")
-        headers, found = _parse_fields(
+        headers, found, fields = _parse_fields(
             block, max_count, HttpError, _REQUEST_FIELDS, _REQUEST_BLOCKS
         )
         line = _request_target(method, target, minor != b"0")
@@ -299,6 +340,7 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
             _REQUEST_LINES[start_line] = line
     method, target, http11, path, authority = line
     req = Request(method, target, http11, headers)
+    req.block = fields
     req.path = path
     req.absolute_authority = authority
     req.underscored = UNDERSCORED in found
@@ -415,10 +457,11 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
     if parsed is None:
         parsed = _status_line(start_line)
     http11, status, text = parsed
-    headers, found = _parse_fields(
+    headers, found, fields = _parse_fields(
         block, max_count, ProtocolError, _RESPONSE_FIELDS, _RESPONSE_BLOCKS
     )
     resp = Response(status, text, http11, headers)
+    resp.block = fields
     if not found:
         te = cl = None
         resp.keep_alive = http11

@@ -273,6 +273,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                 req.target = action.target
             if action.headers:
                 req.headers = action.headers.apply(req.headers)
+                req.block = None  # the memo of its forwarded lines is not theirs
                 req.underscored = True  # the edits may have added some: look at each name
                 fwd = _rule_forwarding(fwd, action.headers.ops)
             self._edits = action.response

@@ -292,6 +292,7 @@ class ServerSide(ExchangeState):
                 else None
             )
             resp.headers = edits.apply_headers(resp.headers, replacing=replacer is not None)
+            resp.block = None  # the memo of its forwarded lines is not theirs
             if replacer is not None:
                 # The new body's length is known only at its end: chunked to HTTP/1.1
                 # clients, delimited by closing for HTTP/1.0 ones.

@@ -337,6 +337,22 @@ def test_request_head(
     assert request_head(parse_request(raw), fwd, IP, extend, scheme) == expected
 
 
+def test_request_head_memo_answers_as_a_fresh_build() -> None:
+    # A header block parsed before keeps what the last request built from it; another
+    # Forwarding, trust or request id must not get those lines, and a repeat must.
+    settings = [NONE, ALL, VIA, PASS_UNDERSCORED, Forwarding(request_id_header=b"X-Request-ID")]
+    for _ in range(2):
+        for _, raw, *_ in REQUESTS:
+            for fwd in settings:
+                for extend in (False, True):
+                    for rid in (b"", b"r-1"):
+                        memo = request_head(parse_request(raw), fwd, IP, extend, b"https", rid)
+                        fresh_req = parse_request(raw)
+                        fresh_req.block = None
+                        fresh = request_head(fresh_req, fwd, IP, extend, b"https", rid)
+                        assert memo == fresh, (raw, fwd, extend, rid)
+
+
 OK = b"HTTP/1.1 200 OK"
 
 ResponseCase = tuple[str, bytes, bytes, dict[str, Any], bytes]
@@ -492,6 +508,22 @@ RESPONSES: list[ResponseCase] = [
 )
 def test_response_head(raw: bytes, method: bytes, kwargs: dict[str, Any], expected: bytes) -> None:
     assert response_head(parse_response(raw, method), **kwargs) == expected
+
+
+def test_response_head_memo_answers_as_a_fresh_build() -> None:
+    variants: list[dict[str, Any]] = [
+        {"close": False, "http10_client": False},
+        {"close": True, "http10_client": True},
+        {"close": False, "http10_client": False, "dechunk": True},
+        {"close": False, "http10_client": True, "via": b"1.1 rp"},
+    ]
+    for _ in range(2):
+        for _, raw, method, _, _ in RESPONSES:
+            for kwargs in variants:
+                memo = response_head(parse_response(raw, method), **kwargs)
+                fresh_resp = parse_response(raw, method)
+                fresh_resp.block = None
+                assert memo == response_head(fresh_resp, **kwargs), (raw, kwargs)
 
 
 def test_case_ids_unique() -> None:
