@@ -82,6 +82,12 @@ def _rule_forwarding(fwd: Forwarding, ops: tuple[HeaderOp, ...]) -> Forwarding:
     )
 
 
+def _line_end(head: bytes) -> int:
+    """The length of a request head's first line."""
+    end = head.find(b"\r\n")
+    return len(head) if end < 0 else end
+
+
 class ClientConnection(ServerSide, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -122,11 +128,11 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             if not self._buf:
                 # The header deadline runs from the first byte of a request.
                 self._active = now = self._loop.time()
-                end = data.find(b"\r\n\r\n")
-                if end > 0 and end + 4 == len(data) and not data.startswith(b"\r\n"):
+                head, sep, rest = data.partition(b"\r\n\r\n")
+                if sep and not rest and head and not head.startswith(b"\r\n"):
                     # The usual case: one whole request head and nothing more. Starting
                     # the exchange arms its own deadline.
-                    self._request(data[:end], end)
+                    self._request(head, len(head), now)
                     return
                 self._arm_at(now + self._listener.t_header)
             self._buf += data
@@ -201,24 +207,27 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                 return
             head = bytes(buf[:end])
             del buf[: end + 4]
-            self._request(head, end)
+            self._request(head, end, self._loop.time())
 
-    def _request(self, head: bytes, end: int) -> None:
-        """Check, parse and route one request head (`end` bytes), then start its exchange."""
+    def _request(self, head: bytes, end: int, now: float) -> None:
+        """Check, parse and route one request head (`end` bytes), then start its exchange.
+
+        `now`: the loop time.
+        """
         lst = self._listener
         try:
             if end > lst.max_header_bytes:
                 raise HttpError(431, "request head too large")
-            line_end = head.find(b"\r\n")
-            if line_end < 0:
-                line_end = end  # the head is the request line alone
+            # The request line is at most the whole head: it is looked for only when that
+            # could be too long.
+            line_end = end if end <= lst.max_request_line else _line_end(head)
             if line_end > lst.max_request_line:
                 raise HttpError(414, "request line too long")
             req = parse_request(head, lst.max_header_count)
             svc = self._route(req)
             if end > svc.max_header_bytes or len(req.headers) > svc.max_header_count:
                 raise HttpError(431, "request head too large")
-            if line_end > svc.max_request_line:
+            if line_end > svc.max_request_line and _line_end(head) > svc.max_request_line:
                 raise HttpError(414, "request line too long")
             if svc.max_body and req.body == LENGTH and req.content_length > svc.max_body:
                 raise HttpError(413, "request body too large")
@@ -226,7 +235,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             log.debug("client %s: %s", self._ip_str, exc)
             self._fail(exc.status)
             return
-        self._start(req, svc)
+        self._start(req, svc, now)
 
     def _route(self, req: Request) -> Service:
         # OPTIONS * asks about the server as a whole: it goes where "/" would go.
@@ -239,7 +248,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             raise HttpError(421, "Host is not covered by the connection's certificate")
         return svc
 
-    def _start(self, req: Request, svc: Service) -> None:
+    def _start(self, req: Request, svc: Service, now: float) -> None:
         self._phase = EXCHANGE
         self._req = req
         self._svc = self._last_svc = svc
@@ -251,7 +260,6 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         self._req_left = req.content_length
         self._req_chunks = ChunkedReader() if body == CHUNKED else None
         self._req_bytes = 0
-        now = self._loop.time()
         if svc.min_rate and body != NO_BODY:
             self._rate_at, self._rate_bytes = now, 0
             self._arm_at(now + RATE_WINDOW)

@@ -235,6 +235,17 @@ class ServerSide(ExchangeState):
         """Parse heads: interim ones are passed on, the final one goes out with the body's start."""
         req = self._req
         assert req is not None
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep and len(head) <= MAX_RESPONSE_HEAD:
+            # The usual case: a final response's head and the start of its body.
+            try:
+                resp = parse_response(head, req.method)
+            except ProtocolError as exc:
+                self._bad_response(str(exc))
+                return
+            if resp.status >= 200:
+                self._response_body(rest, self._response_head(resp))
+                return
         start = 0
         while True:
             end = data.find(b"\r\n\r\n", start)
@@ -390,7 +401,8 @@ class ServerSide(ExchangeState):
                 up.close()
             self._close_after = self._close_after or not self._req_done
         if done and self._resp is not None:
-            self._finish_response()
+            # Only server_data calls this, and it has just set _active to the loop time.
+            self._finish_response(self._active)
 
     def _replaced(self, replacer: BodyReplacer, payload: bytes, done: bool) -> bytes:
         """Body bytes after content-rule replacement, framed for the client."""
@@ -413,12 +425,16 @@ class ServerSide(ExchangeState):
             return self._resp_chunks is not None and self._resp_chunks.done
         return resp.body == NO_BODY
 
-    def _finish_response(self) -> None:
-        """The response is complete: release the server connection, go on to the next request."""
+    def _finish_response(self, now: float = -1.0) -> None:
+        """The response is complete: release the server connection, go on to the next request.
+
+        `now`: the loop time, when the caller has it.
+        """
         resp = self._resp
         up = self._up
         self._up = None
-        now = self._loop.time()
+        if now < 0:
+            now = self._loop.time()
         if up is not None:
             if up is self._pinned:
                 if not (resp is not None and resp.keep_alive and self._req_done):

@@ -69,6 +69,15 @@ pool = "p"
   max_request_line = 1024
   max_header_bytes = 16384
 
+[services.short]
+hosts = ["short.test"]
+pool = "p"
+  [services.short.timeouts]
+  client_header = {HEADER_DEADLINE}
+  [services.short.limits]
+  max_request_line = 200
+  max_header_bytes = 4096
+
 [pools.p]
 servers = ["127.0.0.1:{server.port}"]
 """
@@ -149,6 +158,17 @@ def test_request_line_too_long_is_414(setup: Setup) -> None:
 def test_request_line_too_long_without_header_fields_is_414(setup: Setup) -> None:
     # HTTP/1.0 needs no Host: the head is the request line alone.
     _refused(setup, b"GET /" + b"a" * 1100 + b" HTTP/1.0\r\n\r\n", 414)
+
+
+def test_request_line_limit_is_per_service(setup: Setup) -> None:
+    _refused(setup, _head("short.test", target=b"/" + b"a" * 250), 414)
+    # A head longer than the limit whose request line is within it is fine.
+    fields = b"X-Fill: " + b"b" * 400 + b"\r\n"
+    with connect(setup.port) as sock:
+        sock.sendall(_head("short.test", fields, target=b"/" + b"a" * 150))
+        assert ResponseReader(sock).next().status == 200
+        sock.sendall(_head(target=b"/" + b"a" * 250))  # another service: its limit is 1024
+        assert ResponseReader(sock).next().status == 200
 
 
 def test_unending_request_line_is_414_before_it_ends(setup: Setup) -> None:
