@@ -28,17 +28,30 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Final
 
 from revproxy.balance.persistence import SourceIPTable, cookie_value
 from revproxy.config.model import PoolConfig, ServerConfig
 
-ENABLED = "enabled"
-DISABLED = "disabled"
-DRAINING = "draining"
+ENABLED: Final = "enabled"
+DISABLED: Final = "disabled"
+DRAINING: Final = "draining"
 ADMIN_STATES = (ENABLED, DISABLED, DRAINING)
 
 _HASH_SCALE = float(1 << 53)
+
+# Balancing methods (an int each, so that choosing one is a direct call).
+_ROUND_ROBIN: Final = 0
+_LEAST_CONN: Final = 1
+_RANDOM_TWO: Final = 2
+_SOURCE_HASH: Final = 3
+_METHODS = {
+    "round_robin": _ROUND_ROBIN,
+    "least_conn": _LEAST_CONN,
+    "random_two": _RANDOM_TWO,
+    "source_hash": _SOURCE_HASH,
+}
 
 
 class Server:
@@ -88,7 +101,7 @@ class Pool:
         "_by_name",
         "_by_cookie",
         "_rng",
-        "_balance",
+        "_method",
     )
 
     def __init__(
@@ -111,13 +124,7 @@ class Pool:
         self.sticky = (
             SourceIPTable(persistence.timeout) if persistence.type == "source_ip" else None
         )
-        methods: dict[str, Callable[[Collection[Server], str], Server | None]] = {
-            "round_robin": self._round_robin,
-            "least_conn": self._least_conn,
-            "random_two": self._random_two,
-            "source_hash": self._source_hash,
-        }
-        self._balance = methods.get(config.balance, self._round_robin)
+        self._method = _METHODS.get(config.balance, _ROUND_ROBIN)
 
     # ------------------------------------------------------------------ lookups and state
 
@@ -161,7 +168,14 @@ class Pool:
         """
         if affinity is not None and affinity.accepts_persistent and affinity not in exclude:
             return affinity
-        return self._balance(exclude, client_ip)
+        method = self._method
+        if method == _ROUND_ROBIN:
+            return self._round_robin(exclude, client_ip)
+        if method == _LEAST_CONN:
+            return self._least_conn(exclude, client_ip)
+        if method == _RANDOM_TWO:
+            return self._random_two(exclude, client_ip)
+        return self._source_hash(exclude, client_ip)
 
     def _round_robin(self, exclude: Collection[Server], client_ip: str) -> Server | None:
         servers = self.servers

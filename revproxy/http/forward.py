@@ -222,7 +222,7 @@ def response_head(
         connection = b""
     return b"".join(
         (
-            _status_line(resp.status, resp.reason),
+            resp.status_line or _status_line(resp.status, resp.reason),
             fields,
             connection,
             b"Via: %s\r\n" % via if via else b"",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from revproxy.http.errors import HttpError, ProtocolError
+from revproxy.http.errors import HttpError, ProtocolError, reason
 
 # Body framing of a message.
 NO_BODY: Final = 0
@@ -137,6 +137,7 @@ class Response:
         "connection_tokens",
         "auth_challenge",
         "block",
+        "status_line",
     )
 
     def __init__(
@@ -157,6 +158,8 @@ class Response:
         self.auth_challenge = False  # 401 with an NTLM or Negotiate challenge
         # The cached header block `headers` came from; None once they are changed.
         self.block: FieldBlock | None = None
+        # The status line as forwarded ("HTTP/1.1 200 OK\r\n"), when the parser made it.
+        self.status_line = b""
 
     def header(self, name: bytes) -> bytes | None:
         for lname, value, _ in self.headers:
@@ -456,12 +459,13 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
     parsed = _STATUS_LINES.get(start_line)
     if parsed is None:
         parsed = _status_line(start_line)
-    http11, status, text = parsed
+    http11, status, text, forwarded = parsed
     headers, found, fields = _parse_fields(
         block, max_count, ProtocolError, _RESPONSE_FIELDS, _RESPONSE_BLOCKS
     )
     resp = Response(status, text, http11, headers)
     resp.block = fields
+    resp.status_line = forwarded
     if not found:
         te = cl = None
         resp.keep_alive = http11
@@ -514,11 +518,12 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
 
 
 # Status lines seen (a server sends few different ones), parsed once per worker.
-_STATUS_LINES: dict[bytes, tuple[bool, int, bytes]] = {}
+_STATUS_LINES: dict[bytes, tuple[bool, int, bytes, bytes]] = {}
 
 
-def _status_line(line: bytes) -> tuple[bool, int, bytes]:
-    """(HTTP/1.1 or later, status, reason) of a status line; raise ProtocolError."""
+def _status_line(line: bytes) -> tuple[bool, int, bytes, bytes]:
+    """(HTTP/1.1 or later, status, reason, the line as forwarded) of a status line; raise
+    ProtocolError. Forwarded, the line says HTTP/1.1 and has a reason phrase."""
     m = _STATUS_LINE.fullmatch(line)
     if m is None:
         raise ProtocolError("invalid status line")
@@ -528,7 +533,12 @@ def _status_line(line: bytes) -> tuple[bool, int, bytes]:
     status = int(code)
     if status < 100:
         raise ProtocolError("invalid status code")
-    parsed = (minor != b"0", status, text or b"")
+    parsed = (
+        minor != b"0",
+        status,
+        text or b"",
+        b"HTTP/1.1 %d %s\r\n" % (status, text or reason(status)),
+    )
     if len(line) <= 64 and len(_STATUS_LINES) < 256:
         _STATUS_LINES[line] = parsed
     return parsed
