@@ -9,6 +9,7 @@ let a client split one request into two on the server's side.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from revproxy.http.errors import reason
 from revproxy.http.head import CHUNKED, UNTIL_CLOSE, Header, Request, Response
@@ -122,9 +123,9 @@ def request_head(
 
 
 # What the lines a request head copies depend on besides its header block and Forwarding.
-_EXTEND_XFF = 1
-_ABSOLUTE = 2  # absolute-form target: its authority replaces Host
-_REQUEST_ID = 4  # a request id is sent (under fwd.request_id_header)
+_EXTEND_XFF: Final = 1
+_ABSOLUTE: Final = 2  # absolute-form target: its authority replaces Host
+_REQUEST_ID: Final = 4  # a request id is sent (under fwd.request_id_header)
 
 
 def _copied_fields(req: Request, fwd: Forwarding, options: int) -> tuple[bytes, list[bytes]]:
