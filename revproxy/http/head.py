@@ -179,7 +179,9 @@ class FieldBlock:
     removed), with Transfer-Encoding kept (`forwarded_te`) or not (`forwarded`); they depend
     on nothing but the block. For a request head: the lines copied as they are, and the
     X-Forwarded-For values to extend (`copied`, `prior_xff`), for the forwarding settings
-    `copied_for` with the options `copied_options` (see forward.request_head).
+    `copied_for` with the options `copied_options` (see forward.request_head). And how a
+    response with these fields is framed, for the status, version and method that
+    `framing_key` encodes (see parse_response).
     """
 
     __slots__ = (
@@ -191,6 +193,8 @@ class FieldBlock:
         "prior_xff",
         "copied_for",
         "copied_options",
+        "framing",
+        "framing_key",
     )
 
     def __init__(self, headers: tuple[Header, ...], found: dict[bytes, list[bytes]]) -> None:
@@ -202,6 +206,8 @@ class FieldBlock:
         self.prior_xff: list[bytes] = []
         self.copied_for: object = None
         self.copied_options = -1
+        self.framing: _Framing | None = None
+        self.framing_key = -1
 
 
 _REQUEST_BLOCKS: dict[bytes, FieldBlock] = {}
@@ -466,6 +472,16 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
     resp = Response(status, text, http11, headers)
     resp.block = fields
     resp.status_line = forwarded
+    # What framing depends on besides the fields, as one number for the block's memo.
+    key = status * 4 + (2 if http11 else 0) + (1 if method == b"HEAD" else 0)
+    framing = fields.framing if fields is not None and fields.framing_key == key else None
+    if framing is not None:
+        resp.body = framing.body
+        resp.content_length = framing.content_length
+        resp.keep_alive = framing.keep_alive
+        resp.connection_tokens = framing.connection_tokens
+        resp.auth_challenge = framing.auth_challenge
+        return resp
     if not found:
         te = cl = None
         resp.keep_alive = http11
@@ -514,7 +530,23 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
     else:
         resp.body = UNTIL_CLOSE
         resp.keep_alive = False
+    if fields is not None:
+        fields.framing = _Framing(resp)
+        fields.framing_key = key
     return resp
+
+
+class _Framing:
+    """How a response with a given header block, status, version and method is framed."""
+
+    __slots__ = ("body", "content_length", "keep_alive", "connection_tokens", "auth_challenge")
+
+    def __init__(self, resp: Response) -> None:
+        self.body = resp.body
+        self.content_length = resp.content_length
+        self.keep_alive = resp.keep_alive
+        self.connection_tokens = resp.connection_tokens
+        self.auth_challenge = resp.auth_challenge
 
 
 # Status lines seen (a server sends few different ones), parsed once per worker.

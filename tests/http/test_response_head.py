@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from revproxy.http import head as head_module
 from revproxy.http.errors import ProtocolError
 from revproxy.http.head import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, parse_response
 
@@ -257,6 +258,34 @@ def test_response_head(method: bytes, raw: bytes, expected: dict[str, Any] | Non
     resp = parse_response(raw, method)
     for name, want in expected.items():
         assert getattr(resp, name) == want, name
+
+
+def _framing(raw: bytes, method: bytes) -> tuple[object, ...] | None:
+    try:
+        resp = parse_response(raw, method)
+    except ProtocolError:
+        return None
+    return (
+        resp.body,
+        resp.content_length,
+        resp.keep_alive,
+        resp.connection_tokens,
+        resp.auth_challenge,
+    )
+
+
+def test_repeated_heads_are_framed_as_the_first_time() -> None:
+    # A header block seen before keeps the framing of its last status, version and method:
+    # each case's head, parsed for one method after another (memo hits and misses), must
+    # come out framed as when parsed fresh for that method.
+    for _, method, raw, _ in CASES:
+        methods = (method, b"HEAD", b"GET", b"POST")
+        fresh = {}
+        for m in methods:
+            head_module._RESPONSE_BLOCKS.clear()
+            fresh[m] = _framing(raw, m)
+        for m in (method, b"HEAD", b"HEAD", b"GET", b"GET", b"HEAD", method, b"POST", method):
+            assert _framing(raw, m) == fresh[m], (raw, m)
 
 
 def test_case_ids_unique() -> None:
