@@ -180,8 +180,9 @@ class FieldBlock:
     on nothing but the block. For a request head: the lines copied as they are, and the
     X-Forwarded-For values to extend (`copied`, `prior_xff`), for the forwarding settings
     `copied_for` with the options `copied_options` (see forward.request_head). And how a
-    response with these fields is framed, for the status, version and method that
-    `framing_key` encodes (see parse_response).
+    message with these fields is framed: a response for the status, version and method
+    that `framing_key` encodes, a request for the version in `request_framing_key` (see
+    parse_response and parse_request).
     """
 
     __slots__ = (
@@ -195,6 +196,8 @@ class FieldBlock:
         "copied_options",
         "framing",
         "framing_key",
+        "request_framing",
+        "request_framing_key",
     )
 
     def __init__(self, headers: tuple[Header, ...], found: dict[bytes, list[bytes]]) -> None:
@@ -208,6 +211,8 @@ class FieldBlock:
         self.copied_options = -1
         self.framing: _Framing | None = None
         self.framing_key = -1
+        self.request_framing: _RequestFraming | None = None
+        self.request_framing_key = -1
 
 
 _REQUEST_BLOCKS: dict[bytes, FieldBlock] = {}
@@ -352,6 +357,21 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
     req.block = fields
     req.path = path
     req.absolute_authority = authority
+    key = 1 if http11 else 0  # what framing depends on besides the fields
+    framing = (
+        fields.request_framing if fields is not None and fields.request_framing_key == key else None
+    )
+    if framing is not None:
+        # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+        req.host = authority if authority is not None else framing.host
+        req.underscored = framing.underscored
+        req.body = framing.body
+        req.content_length = framing.content_length
+        req.keep_alive = framing.keep_alive
+        req.connection_tokens = framing.connection_tokens
+        req.upgrade = framing.upgrade
+        req.expect_continue = framing.expect_continue
+        return req
     req.underscored = UNDERSCORED in found
     get = found.get
 
@@ -420,7 +440,36 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
                 raise HttpError(417, "unsupported expectation")
         # RFC 9110 §10.1.1: an HTTP/1.0 client's 100-continue is ignored.
         req.expect_continue = http11
+    if fields is not None:
+        fields.request_framing = _RequestFraming(req, host)
+        fields.request_framing_key = key
     return req
+
+
+class _RequestFraming:
+    """What a request's fields say beyond themselves, for one HTTP version: the Host
+    value, body framing, persistence, upgrade and expectation."""
+
+    __slots__ = (
+        "host",
+        "underscored",
+        "body",
+        "content_length",
+        "keep_alive",
+        "connection_tokens",
+        "upgrade",
+        "expect_continue",
+    )
+
+    def __init__(self, req: Request, host: bytes) -> None:
+        self.host = host
+        self.underscored = req.underscored
+        self.body = req.body
+        self.content_length = req.content_length
+        self.keep_alive = req.keep_alive
+        self.connection_tokens = req.connection_tokens
+        self.upgrade = req.upgrade
+        self.expect_continue = req.expect_continue
 
 
 def _request_target(method: bytes, target: bytes, http11: bool) -> _RequestLine:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from revproxy.http import head as head_module
 from revproxy.http.errors import HttpError
 from revproxy.http.head import CHUNKED, LENGTH, NO_BODY, parse_request
 
@@ -90,6 +91,8 @@ VALID: list[Case] = [
     ("three-dots", head(b"GET /a/.../b HTTP/1.1", H), {"path": b"/a/.../b"}),
     ("dot-file", head(b"GET /.htaccess HTTP/1.1", H), {"path": b"/.htaccess"}),
     ("percent-not-dot", head(b"GET /a/%2f/b%20c HTTP/1.1", H), {"path": b"/a/%2f/b%20c"}),
+    ("underscored-field", head(b"GET / HTTP/1.1", H, b"X_Real_IP: 1"), {"underscored": True}),
+    ("no-underscored-field", head(b"GET / HTTP/1.1", H, b"X-Real-IP: 1"), {"underscored": False}),
     ("encoded-separators-no-dots", head(b"GET /a%5Cb%2Fc HTTP/1.1", H), {"path": b"/a%5Cb%2Fc"}),
     ("backslash-in-query", head(b"GET /a?x=..\\y HTTP/1.1", H), {"path": b"/a"}),
     ("dots-after-encoded-separator", head(b"GET /a%2F...b HTTP/1.1", H), {"path": b"/a%2F...b"}),
@@ -441,6 +444,48 @@ def test_valid(raw: bytes, expected: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("raw", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
 def test_invalid(raw: bytes, expected: int) -> None:
     check(raw, expected)
+
+
+_FRAMING = (
+    "host",
+    "underscored",
+    "body",
+    "content_length",
+    "keep_alive",
+    "connection_tokens",
+    "upgrade",
+    "expect_continue",
+)
+
+
+def _framing(raw: bytes) -> tuple[object, ...] | int:
+    try:
+        req = parse_request(raw)
+    except HttpError as exc:
+        return exc.status
+    return tuple(getattr(req, name) for name in _FRAMING)
+
+
+def test_repeated_heads_are_framed_as_the_first_time() -> None:
+    # A header block seen before keeps what it said for the last HTTP version: each case's
+    # fields, sent with another version, with another target, then again (memo hits and
+    # misses), must come out as when parsed fresh.
+    for _, raw, _ in VALID + INVALID:
+        line, sep, block = raw.partition(b"\r\n")
+        if b" HTTP/1." not in line:
+            continue
+        other = (
+            line.replace(b" HTTP/1.1", b" HTTP/1.0")
+            if b" HTTP/1.1" in line
+            else (line.replace(b" HTTP/1.0", b" HTTP/1.1"))
+        )
+        variants = [raw, other + sep + block, b"OPTIONS * HTTP/1.1" + sep + block]
+        fresh = {}
+        for variant in variants:
+            head_module._REQUEST_BLOCKS.clear()
+            fresh[variant] = _framing(variant)
+        for variant in variants + variants[::-1] + variants:
+            assert _framing(variant) == fresh[variant], variant
 
 
 def test_case_ids_unique() -> None:
