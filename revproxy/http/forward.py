@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from revproxy.http.errors import reason
-from revproxy.http.head import CHUNKED, UNTIL_CLOSE, Header, Request, Response
+from revproxy.http.head import (
+    CHUNKED,
+    UNTIL_CLOSE,
+    Header,
+    Request,
+    Response,
+    forwarded_status_line,
+)
 
 HOP_BY_HOP = frozenset(
     {
@@ -173,7 +179,7 @@ def _status_line(status: int, text: bytes) -> bytes:
     key = (status, text)
     line = _STATUS_LINES.get(key)
     if line is None:
-        line = b"HTTP/1.1 %d %s\r\n" % (status, text or reason(status))
+        line = forwarded_status_line(status, text)
         if len(_STATUS_LINES) < 256:
             _STATUS_LINES[key] = line
     return line
@@ -248,7 +254,7 @@ def _forwarded_fields(headers: list[Header], drop: frozenset[bytes], keep_te: bo
 def interim_head(resp: Response) -> bytes:
     """A 1xx response passed on to the client as it came, minus hop-by-hop fields."""
     drop = _drop_set(resp.connection_tokens)
-    out = [_status_line(resp.status, resp.reason)]
+    out = [resp.status_line or _status_line(resp.status, resp.reason)]
     for lname, _, line in resp.headers:
         if lname not in drop:
             out.append(line)

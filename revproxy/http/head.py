@@ -362,15 +362,7 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
         fields.request_framing if fields is not None and fields.request_framing_key == key else None
     )
     if framing is not None:
-        # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
-        req.host = authority if authority is not None else framing.host
-        req.underscored = framing.underscored
-        req.body = framing.body
-        req.content_length = framing.content_length
-        req.keep_alive = framing.keep_alive
-        req.connection_tokens = framing.connection_tokens
-        req.upgrade = framing.upgrade
-        req.expect_continue = framing.expect_continue
+        framing.apply(req)
         return req
     req.underscored = UNDERSCORED in found
     get = found.get
@@ -471,6 +463,19 @@ class _RequestFraming:
         self.upgrade = req.upgrade
         self.expect_continue = req.expect_continue
 
+    def apply(self, req: Request) -> None:
+        """Give `req` (with the same fields and version) what the fields said the first time."""
+        # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+        authority = req.absolute_authority
+        req.host = authority if authority is not None else self.host
+        req.underscored = self.underscored
+        req.body = self.body
+        req.content_length = self.content_length
+        req.keep_alive = self.keep_alive
+        req.connection_tokens = self.connection_tokens
+        req.upgrade = self.upgrade
+        req.expect_continue = self.expect_continue
+
 
 def _request_target(method: bytes, target: bytes, http11: bool) -> _RequestLine:
     """Target form, path and authority of a request line; raise HttpError.
@@ -525,11 +530,7 @@ def parse_response(head: bytes, method: bytes, max_count: int = 200) -> Response
     key = status * 4 + (2 if http11 else 0) + (1 if method == b"HEAD" else 0)
     framing = fields.framing if fields is not None and fields.framing_key == key else None
     if framing is not None:
-        resp.body = framing.body
-        resp.content_length = framing.content_length
-        resp.keep_alive = framing.keep_alive
-        resp.connection_tokens = framing.connection_tokens
-        resp.auth_challenge = framing.auth_challenge
+        framing.apply(resp)
         return resp
     if not found:
         te = cl = None
@@ -597,6 +598,19 @@ class _Framing:
         self.connection_tokens = resp.connection_tokens
         self.auth_challenge = resp.auth_challenge
 
+    def apply(self, resp: Response) -> None:
+        """Give `resp` (same fields, status, version and method) the framing found before."""
+        resp.body = self.body
+        resp.content_length = self.content_length
+        resp.keep_alive = self.keep_alive
+        resp.connection_tokens = self.connection_tokens
+        resp.auth_challenge = self.auth_challenge
+
+
+def forwarded_status_line(status: int, text: bytes) -> bytes:
+    """A status line as the proxy sends it on: HTTP/1.1, and a reason phrase."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, text or reason(status))
+
 
 # Status lines seen (a server sends few different ones), parsed once per worker.
 _STATUS_LINES: dict[bytes, tuple[bool, int, bytes, bytes]] = {}
@@ -614,12 +628,8 @@ def _status_line(line: bytes) -> tuple[bool, int, bytes, bytes]:
     status = int(code)
     if status < 100:
         raise ProtocolError("invalid status code")
-    parsed = (
-        minor != b"0",
-        status,
-        text or b"",
-        b"HTTP/1.1 %d %s\r\n" % (status, text or reason(status)),
-    )
+    text = text or b""  # the group is None when there is no reason phrase
+    parsed = (minor != b"0", status, text, forwarded_status_line(status, text))
     if len(line) <= 64 and len(_STATUS_LINES) < 256:
         _STATUS_LINES[line] = parsed
     return parsed

@@ -235,47 +235,34 @@ class ServerSide(ExchangeState):
         """Parse heads: interim ones are passed on, the final one goes out with the body's start."""
         req = self._req
         assert req is not None
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if sep and len(head) <= MAX_RESPONSE_HEAD:
-            # The usual case: a final response's head and the start of its body.
+        rest = data
+        while True:
+            head, sep, after = rest.partition(b"\r\n\r\n")
+            if not sep or len(head) > MAX_RESPONSE_HEAD:
+                if len(rest) > MAX_RESPONSE_HEAD:
+                    self._bad_response("response head too large")
+                else:
+                    self._resp_buf += rest
+                return
             try:
                 resp = parse_response(head, req.method)
             except ProtocolError as exc:
                 self._bad_response(str(exc))
                 return
-            if resp.status >= 200:
-                self._response_body(rest, self._response_head(resp))
-                return
-        start = 0
-        while True:
-            end = data.find(b"\r\n\r\n", start)
-            if end < 0 or end - start > MAX_RESPONSE_HEAD:
-                if len(data) - start > MAX_RESPONSE_HEAD:
-                    self._bad_response("response head too large")
-                else:
-                    self._resp_buf += data[start:]
-                return
-            try:
-                resp = parse_response(data[start:end], req.method)
-            except ProtocolError as exc:
-                self._bad_response(str(exc))
-                return
-            start = end + 4
+            rest = after
             status = resp.status
             if status == 101:
                 if req.upgrade is None:
                     self._bad_response("101 to a request that asked for no upgrade")
                     return
-                self._start_tunnel(resp, data[start:])
+                self._start_tunnel(resp, rest)
                 return
             if status < 200:
                 if req.http11:
                     self._transport.write(interim_head(resp))  # type: ignore[union-attr]
                 continue
             # One write for head and the first body bytes: a small response costs one send.
-            self._response_body(
-                data[start:] if start < len(data) else b"", self._response_head(resp)
-            )
+            self._response_body(rest, self._response_head(resp))
             return
 
     def _response_head(self, resp: Response) -> bytes:
