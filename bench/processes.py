@@ -56,14 +56,19 @@ def process_tree(root: int) -> list[int]:
     return [p for p in tree if Path(f"/proc/{p}").exists()]
 
 
-def cpu_by_process(root: int) -> dict[int, float]:
-    """utime + stime in seconds of root and each live descendant, by pid."""
+def cpu_split_by_process(root: int) -> dict[int, tuple[float, float]]:
+    """(utime, stime) in seconds of root and each live descendant, by pid."""
     out = {}
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is not None:
-            out[pid] = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # fields 14, 15
+            out[pid] = (int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK)  # fields 14, 15
     return out
+
+
+def cpu_by_process(root: int) -> dict[int, float]:
+    """utime + stime in seconds of root and each live descendant, by pid."""
+    return {pid: user + system for pid, (user, system) in cpu_split_by_process(root).items()}
 
 
 def cpu_seconds(root: int) -> float:

@@ -13,6 +13,8 @@ RPS_TARGET = 0.9
 RPS_PER_CPU_TARGET = 0.7
 P99_TARGET = 1.5
 KEEPALIVE_SCENARIOS = ("keepalive-plain", "keepalive-tls")
+# Where the bare relay is measured too: what Python, uvloop and its TLS layer cost alone.
+FLOOR_SCENARIOS = (*KEEPALIVE_SCENARIOS, "tls-new-conn")
 
 Run = Mapping[str, Any]
 
@@ -178,6 +180,29 @@ def floor_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
             ]
         )
     return _table(headers, rows) if rows else ""
+
+
+def _per_request(run: Run | None) -> str:
+    """'user + system' microseconds of CPU per request of a run, '-' if not known."""
+    if not run or not run.get("requests") or run.get("cpu_user_s") is None:
+        return "-"
+    n = run["requests"]
+    return f"{run['cpu_user_s'] / n * 1e6:.1f} + {run['cpu_system_s'] / n * 1e6:.1f}"
+
+
+def cpu_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
+    """CPU per request of each proxy's kept run, split into user and system time."""
+    headers = ["CPU us per request, user + system", "nginx", "revproxy", "floor (bare relay)"]
+    rows = [
+        [
+            name,
+            _per_request(s.get("nginx")),
+            _per_request(s.get("revproxy")),
+            _per_request(s.get("floor")),
+        ]
+        for name, s in scenarios.items()
+    ]
+    return _table(headers, rows)
 
 
 def same_load_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:

@@ -114,7 +114,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--no-floor",
         action="store_true",
-        help="skip the bare uvloop relay (bench/floor.py) in the keep-alive scenarios",
+        help="skip the bare uvloop relay (bench/floor.py) in the keep-alive and"
+        " new-connection scenarios",
     )
     p.add_argument(
         "--big-size", type=parse_size, default=setup_files.ONE_GIB, help="size of /1g (1g)"
@@ -359,7 +360,7 @@ def measure(
     as the proxy answers.
     """
     proxy.check_alive()
-    before = processes.cpu_by_process(proxy.server.pid)
+    before = processes.cpu_split_by_process(proxy.server.pid)
     text = run_wrk(
         scenario.url(proxy),
         scenario.connections,
@@ -367,9 +368,13 @@ def measure(
         scenario.close,
         None if pacing is None else pacing[1],
     )
-    after = processes.cpu_by_process(proxy.server.pid)
+    after = processes.cpu_split_by_process(proxy.server.pid)
+    spent = {
+        pid: (user - before.get(pid, (0.0, 0.0))[0], system - before.get(pid, (0.0, 0.0))[1])
+        for pid, (user, system) in after.items()
+    }
     # Per process too: shows whether the workers shared the connections.
-    by_pid = {pid: round(t - before.get(pid, 0.0), 3) for pid, t in after.items()}
+    by_pid = {pid: round(user + system, 3) for pid, (user, system) in spent.items()}
     cpu = sum(by_pid.values())
     run: dict[str, Any] = {
         "proxy": proxy.name,
@@ -379,6 +384,9 @@ def measure(
         "connections": scenario.connections,
         "offered_rps": None if pacing is None else round(pacing[0]),
         "cpu_s": round(cpu, 3),
+        # User (the proxy's own code and libraries) and system time (the kernel's share).
+        "cpu_user_s": round(sum(user for user, _ in spent.values()), 3),
+        "cpu_system_s": round(sum(system for _, system in spent.values()), 3),
         "cpu_s_by_pid": {str(pid): t for pid, t in sorted(by_pid.items())},
     }
     try:
@@ -449,7 +457,7 @@ def run_scenarios(
             "revproxy": best.get("revproxy"),
             "ratios": report.compare(best.get("nginx"), best.get("revproxy")),
         }
-        if floor is not None and scenario.name in report.KEEPALIVE_SCENARIOS:
+        if floor is not None and scenario.name in report.FLOOR_SCENARIOS:
             floor_runs = []
             for round_no in (1, 2):
                 run = measure(floor, scenario, args.duration, round_no)
@@ -723,6 +731,8 @@ def print_summary(results: dict[str, Any]) -> None:
     if floor:
         print()
         print(floor)
+    print()
+    print(report.cpu_table(results["scenarios"]))
     same = report.same_load_table(results["scenarios"])
     if same:
         print()

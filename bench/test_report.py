@@ -58,6 +58,23 @@ def test_p99_target_is_judged_at_the_same_load() -> None:
     assert report.same_load_table({"1mib": scenarios["1mib"]}) == ""
 
 
+def test_cpu_table_splits_user_and_system_time_per_request() -> None:
+    measured = {"ok": True, "requests": 20000, "cpu_user_s": 0.3, "cpu_system_s": 0.5}
+    before_split = {"ok": True, "requests": 20000, "cpu_s": 0.8}  # a run kept from before
+    table = report.cpu_table(
+        {
+            "keepalive-tls": {"nginx": measured, "revproxy": before_split, "floor": None},
+            "tls-new-conn": {"nginx": None, "revproxy": measured},
+        }
+    )
+    lines = table.splitlines()
+    assert "user + system" in lines[0] and lines[0].endswith("floor (bare relay)")
+    tls = next(line for line in lines if line.startswith("keepalive-tls"))
+    assert tls.split()[1:] == ["15.0", "+", "25.0", "-", "-"]
+    new_conn = next(line for line in lines if line.startswith("tls-new-conn"))
+    assert new_conn.split()[1:] == ["-", "15.0", "+", "25.0", "-"]
+
+
 def test_pacing_script_sets_the_mean_gap(tmp_path: Path) -> None:
     # 50 connections offering 5,000 requests/s together: 10 ms between one connection's requests.
     text = pacing_script(tmp_path, 50, 5000.0).read_text()
