@@ -369,10 +369,10 @@ def measure(
         None if pacing is None else pacing[1],
     )
     after = processes.cpu_split_by_process(proxy.server.pid)
-    spent = {
-        pid: (user - before.get(pid, (0.0, 0.0))[0], system - before.get(pid, (0.0, 0.0))[1])
-        for pid, (user, system) in after.items()
-    }
+    spent: dict[int, tuple[float, float]] = {}
+    for pid, (user, system) in after.items():
+        user_before, system_before = before.get(pid, (0.0, 0.0))
+        spent[pid] = (user - user_before, system - system_before)
     # Per process too: shows whether the workers shared the connections.
     by_pid = {pid: round(user + system, 3) for pid, (user, system) in spent.items()}
     cpu = sum(by_pid.values())
