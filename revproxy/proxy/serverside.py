@@ -423,6 +423,10 @@ class ServerSide(ExchangeState):
         if now < 0:
             now = self._loop.time()
         if up is not None:
+            if self._client_write_paused and up.transport is not None:
+                # Paused for this client's full write buffer: a kept connection reads again
+                # (its next request's answer, or the server closing it, must be seen).
+                up.transport.resume_reading()
             if up is self._pinned:
                 if not (resp is not None and resp.keep_alive and self._req_done):
                     self._pinned = None
