@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,17 +238,18 @@ class CountingServer:
         self._thread.join(10)
 
 
-def _steady(read: callable, quiet: float = 0.5):  # type: ignore[valid-type]
+def _steady(read: Callable[[], object], quiet: float = 0.5) -> Callable[[], bool]:
     """A condition for wait_for: true once `read()` has not changed for `quiet` seconds."""
-    state = {"value": read(), "since": time.monotonic()}
+    last, since = read(), time.monotonic()
 
     def check() -> bool:
-        value = read()  # type: ignore[operator]
+        nonlocal last, since
+        value = read()
         now = time.monotonic()
-        if value != state["value"]:
-            state["value"], state["since"] = value, now
+        if value != last:
+            last, since = value, now
             return False
-        return now - state["since"] >= quiet
+        return now - since >= quiet
 
     return check
 
@@ -287,6 +288,109 @@ def test_slow_reader_makes_the_proxy_stop_reading_from_the_server(tmp_path: Path
             assert received == BIG
         wait_for(server.done.is_set, 10, "the server to finish")
         assert server.sent == BIG
+    finally:
+        assert proxy.stop() == 0
+        server.close()
+
+
+class SizedServer:
+    """Keep-alive server: `GET /...?n=SIZE` gets SIZE bytes (Content-Length) in one send."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                size = int(head.split(b" ")[1].rpartition(b"n=")[2])
+                reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+                conn.sendall(reply + b"z" * size)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _queued_towards_proxy(server_port: int) -> tuple[int, int]:
+    """Bytes the server's connections still hold (its send queues, the proxy's receive queues).
+
+    Both are zero once the proxy has read all the server sent (from /proc/net/tcp).
+    """
+    unsent = unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+        tx, rx = (int(v, 16) for v in fields[4].split(":"))
+        if local_port == server_port:
+            unsent += tx
+        elif remote_port == server_port:
+            unread += rx
+    return unsent, unread
+
+
+def test_a_server_connection_paused_for_a_slow_client_reads_again_when_kept(
+    tmp_path: Path,
+) -> None:
+    # A client that reads nothing fills the proxy's buffers towards it until the proxy
+    # stops reading the server. For responses of about the size that fills them, the read
+    # that pushes the proxy's write buffer over its high mark is also the one that ends the
+    # response: the server connection is then kept for reuse while paused. It must read
+    # again, or the next request sent on it (here from another client) is never answered.
+    # Where that size lies depends on the kernel's buffers: it is searched for.
+    server = SizedServer()
+    proxy = ProxyProcess(simple_config(server.port), tmp_path)
+    port = proxy.port("plain")
+
+    def probe(size: int) -> bool:
+        """Whether the proxy read all of a `size`-byte response for a client not reading."""
+        slow = socket.socket()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.settimeout(10)
+        slow.connect(("127.0.0.1", port))
+        with slow:
+            slow.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: s.test\r\n\r\n" % size)
+            queued = _steady(lambda: _queued_towards_proxy(server.port), quiet=0.2)
+            wait_for(queued, 10, "the proxy to stop reading")
+            read_all = _queued_towards_proxy(server.port) == (0, 0)
+            if read_all:
+                # The kept server connection is the one this request gets.
+                with connect(port, timeout=5) as other:
+                    other.sendall(b"GET /small?n=10 HTTP/1.1\r\nHost: s.test\r\n\r\n")
+                    status, _, body = read_response(other)
+                    assert status == 200 and body == b"z" * 10, size
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MiB)  # drain it quickly
+            status, _, body = read_response(slow)
+            assert status == 200 and len(body) == size
+        return read_all
+
+    try:
+        low, high = 64 * 1024, 16 * MiB
+        assert probe(low) and not probe(high)
+        while high - low > 16 * 1024:  # bounded: ten rounds
+            middle = (low + high) // 2
+            if probe(middle):
+                low = middle
+            else:
+                high = middle
+        read_all = [probe(size) for size in range(low - 64 * 1024, high + 64 * 1024, 4096)]
+        assert any(read_all) and not all(read_all)
     finally:
         assert proxy.stop() == 0
         server.close()
