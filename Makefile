@@ -39,7 +39,7 @@ check: $(STAMP)
 # The whole suite runs against the compiled forwarding path; the HTTP paths run once more
 # as pure Python, the form used where there is no C compiler (about 20 s).
 PURE_TESTS := tests/http tests/e2e/test_framing.py tests/e2e/test_keepalive.py \
-	tests/e2e/test_smoke.py tests/e2e/test_streaming.py
+	tests/e2e/test_smoke.py tests/e2e/test_streaming.py tests/e2e/test_proxy_protocol.py
 
 test: $(NATIVE) sysdeps
 	$(PY) -m pytest

@@ -184,9 +184,24 @@ def _read_listener(ctx: Context, name: str, t: Table) -> ListenerConfig:
         chain_dir=_read_dir(ctx, t, "chain_dir"),
         sni_mismatch=t.string("sni_mismatch", d.sni_mismatch, SNI_MISMATCH_ACTIONS),
         services=t.strings("services", d.services),
+        proxy_protocol=t.boolean("proxy_protocol", d.proxy_protocol),
+        proxy_protocol_from=_networks(t, "proxy_protocol_from", d.proxy_protocol_from),
     )
+    if listener.proxy_protocol_from and not listener.proxy_protocol:
+        t.error("proxy_protocol_from", "is given but proxy_protocol is false")
     t.finish()
     return listener
+
+
+def _networks(t: Table, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of IP addresses or networks, normalized ("10.0.0.0/8", "2001:db8::/32")."""
+    networks = []
+    for text in t.strings(key, default):
+        try:
+            networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            t.error(key, f"{show(text)} is not an IP address or network")
+    return tuple(networks)
 
 
 def _min_tls_version(t: Table, default: str, tls: bool) -> str:
@@ -322,12 +337,7 @@ def _read_limits(t: Table) -> Limits:
 
 def _read_headers(t: Table) -> HeaderOptions:
     d = HeaderOptions()
-    proxies = []
-    for text in t.strings("trusted_proxies", d.trusted_proxies):
-        try:
-            proxies.append(str(ipaddress.ip_network(text.strip(), strict=False)))
-        except ValueError:
-            t.error("trusted_proxies", f"{show(text)} is not an IP address or network")
+    proxies = _networks(t, "trusted_proxies", d.trusted_proxies)
     via_name = t.string("via_name", d.via_name)
     # RFC 9110 section 7.6.3: the received-by part of Via is a token (or host[:port]).
     if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~:-]+", via_name):
@@ -338,7 +348,7 @@ def _read_headers(t: Table) -> HeaderOptions:
         x_forwarded_host=t.boolean("x_forwarded_host", d.x_forwarded_host),
         via=t.boolean("via", d.via),
         via_name=via_name,
-        trusted_proxies=tuple(proxies),
+        trusted_proxies=proxies,
         underscores_in_headers=t.boolean("underscores_in_headers", d.underscores_in_headers),
     )
     t.finish()

@@ -85,6 +85,10 @@ class ListenerConfig:
     # Service names reachable on this listener; empty = every service that names this
     # listener in ServiceConfig.listeners or names no listener at all.
     services: tuple[str, ...] = ()
+    # Every connection opens with a PROXY protocol header (v1 or v2) naming the client.
+    proxy_protocol: bool = False
+    # Addresses or networks allowed to send it; empty = any.
+    proxy_protocol_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from revproxy.config.model import Config
 from revproxy.control.accesslog import AccessLog
 from revproxy.process.shared import SharedState, apply_server_state, config_server_state
 from revproxy.proxy.client import ClientConnection
+from revproxy.proxy.proxied import ProxyProtocolServer
 from revproxy.proxy.runtime import Runtime
 from revproxy.proxy.stats import WorkerStats
 
@@ -182,7 +183,7 @@ async def _serve_with(
     runtime = Runtime(config, loop, stats=reporter.stats, listener_contexts=contexts)
     apply_shared_state(runtime, links.shared, initial=True)
     registry: set[ClientConnection] = set()
-    servers: list[asyncio.Server] = []
+    servers: list[asyncio.AbstractServer | ProxyProtocolServer] = []
     for listener in runtime.listeners.values():
 
         def factory(listener=listener) -> ClientConnection:  # type: ignore[no-untyped-def]
@@ -191,6 +192,9 @@ async def _serve_with(
                 listener.handshaking[conn] = loop.time()
             return conn
 
+        if listener.config.proxy_protocol:
+            servers.append(ProxyProtocolServer(loop, sockets[listener.name], listener, factory))
+            continue
         server = await loop.create_server(
             factory,
             sock=sockets[listener.name],
@@ -247,8 +251,8 @@ async def _serve_with(
     listeners = list(runtime.listeners.values())
     for listener in listeners:
         listener.draining = True
-    for server in servers:
-        server.close()
+    for accepting in servers:
+        accepting.close()
     # A connection accepted just before the close meets its protocol on the next turn of
     # the loop; a TLS one only once its handshake completes. Both are waited for too.
     await asyncio.sleep(0)

@@ -103,10 +103,11 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             self._phase = CLOSED
             return
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self._ip_str = str(peer[0])
-            self._ip = self._ip_str.encode()
+        if not self._ip_str:
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self._ip_str = str(peer[0])
+                self._ip = self._ip_str.encode()
         self._registry.add(self)
         self._stats.connection_opened(self._listener.name)
         if self._listener.sni_reject:
@@ -117,6 +118,11 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         self._arm(self._listener.t_header)
         if listener.draining:
             self.drain()
+
+    def set_client_address(self, ip: str) -> None:
+        """The client's address when the socket's peer is not the client (PROXY protocol)."""
+        self._ip_str = ip
+        self._ip = ip.encode()
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase

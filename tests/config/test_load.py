@@ -205,6 +205,17 @@ def test_relative_source_still_gives_absolute_paths(tmp_path: Path) -> None:
             [],
             'listeners.http.servics: unknown key; did you mean "services"?',
         ),
+        ("listeners.http.proxy_protocol", "yes", "listeners.http.proxy_protocol: must be true"),
+        (
+            "listeners.http.proxy_protocol_from",
+            ["10.0.0.0/8"],
+            "listeners.http.proxy_protocol_from: is given but proxy_protocol is false",
+        ),
+        (
+            "listeners.http.proxy_protocol_from",
+            ["10.0.0.0/40"],
+            'listeners.http.proxy_protocol_from: "10.0.0.0/40" is not an IP address or network',
+        ),
         ("listeners", [], "listeners: must be tables keyed by listener name"),
         ("listeners.bad name", {"bind": ":0"}, "listeners.bad name: names use letters"),
         ("services.web.pool", "nope", 'services.web.pool: there is no pool named "nope"'),
@@ -551,3 +562,11 @@ def test_demo_example_finds_the_development_certificates() -> None:
 def test_server_address_round_trips() -> None:
     for host, port in [("10.0.0.1", 1), ("web.internal", 65535), ("2001:db8::5", 443)]:
         assert parse_address(ServerConfig(host, port).address) == (host, port)
+
+
+def test_proxy_protocol_sources_are_normalized() -> None:
+    data = with_("listeners.http.proxy_protocol", True)
+    data["listeners"]["http"]["proxy_protocol_from"] = ["10.1.2.3/8", "2001:DB8::1"]
+    listener = parse_config(data, Path("x.toml"), check_files=False).listeners[0]
+    assert listener.proxy_protocol is True
+    assert listener.proxy_protocol_from == ("10.0.0.0/8", "2001:db8::1/128")

@@ -1,0 +1,241 @@
+"""Listeners behind another balancer: the PROXY protocol header names the client."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import ssl
+import struct
+import time
+from pathlib import Path
+
+import trustme
+from harness import (
+    ProxyProcess,
+    ScriptedServer,
+    child_pids,
+    closed_by_peer,
+    connect,
+    read_response,
+    simple_config,
+    wait_for,
+)
+
+from revproxy.http.proxyproto import V2_SIGNATURE
+
+GET = b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+
+def v1(src: str, sport: int = 40000) -> bytes:
+    family = "TCP6" if ":" in src else "TCP4"
+    dst = "::1" if ":" in src else "127.0.0.1"
+    return f"PROXY {family} {src} {dst} {sport} 443\r\n".encode()
+
+
+def v2(src: str | None, sport: int = 40000) -> bytes:
+    if src is None:  # LOCAL: the balancer's own connection, no addresses
+        return V2_SIGNATURE + b"\x20\x00\x00\x00"
+    packed = ipaddress.ip_address(src).packed
+    family = 0x11 if len(packed) == 4 else 0x21
+    body = packed + bytes(len(packed)) + struct.pack("!HH", sport, 443)
+    return V2_SIGNATURE + bytes((0x21, family)) + struct.pack("!H", len(body)) + body
+
+
+def proxied_config(backend: int, extra: str = "", header_timeout: float | None = None) -> str:
+    timeouts = f"[services.main.timeouts]\nclient_header = {header_timeout}\n"
+    return simple_config(
+        backend,
+        listener_extra="proxy_protocol = true\n" + extra,
+        service_extra=timeouts if header_timeout else "",
+    )
+
+
+def test_v1_and_v2_headers_name_the_client_for_every_request(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    proxy = ProxyProcess(proxied_config(server.port), tmp_path)
+    try:
+        port = proxy.port("plain")
+        cases = [
+            (v1("203.0.113.7"), "203.0.113.7"),
+            (v1("2001:db8::7"), "2001:db8::7"),
+            (v2("198.51.100.9"), "198.51.100.9"),
+            (v2("2001:db8::9"), "2001:db8::9"),
+            (v2(None), "127.0.0.1"),  # LOCAL: the socket's peer stands
+            (b"PROXY UNKNOWN\r\n", "127.0.0.1"),
+        ]
+        for header, client in cases:
+            with connect(port) as sock:
+                # Header and request in one segment: the proxy must take only the header.
+                sock.sendall(header + GET)
+                assert read_response(sock)[0] == 200
+                # A second request on the same connection is the same client's.
+                sock.sendall(GET)
+                assert read_response(sock)[0] == 200
+            first, second = server.requests[-2:]
+            assert first.header("x-forwarded-for") == client, header
+            assert second.header("x-forwarded-for") == client, header
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_a_header_arriving_in_pieces_is_waited_for(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    proxy = ProxyProcess(proxied_config(server.port), tmp_path)
+    try:
+        for header in (v1("192.0.2.44"), v2("192.0.2.45")):
+            with connect(proxy.port("plain")) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for i in range(0, len(header), 5):
+                    sock.sendall(header[i : i + 5])
+                    time.sleep(0.01)  # separate segments, each read on its own
+                sock.sendall(GET)
+                assert read_response(sock)[0] == 200
+        assert [r.header("x-forwarded-for") for r in server.requests] == [
+            "192.0.2.44",
+            "192.0.2.45",
+        ]
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_connections_without_a_valid_header_are_closed_unanswered(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    proxy = ProxyProcess(proxied_config(server.port, header_timeout=0.5), tmp_path)
+    try:
+        port = proxy.port("plain")
+        for raw in (
+            GET,  # no header: a request from a client that bypassed the balancer
+            b"PROXY TCP4 192.0.2.1 127.0.0.1 99999 443\r\n" + GET,
+            V2_SIGNATURE + b"\x21\x11\x00\x04abcd" + GET,
+        ):
+            with connect(port) as sock:
+                sock.sendall(raw)
+                assert closed_by_peer(sock, 5.0)
+                assert sock.recv(100) == b""
+        # Nothing at all: closed once the header deadline passes.
+        with connect(port) as sock:
+            started = time.monotonic()
+            assert closed_by_peer(sock, 5.0)
+            assert time.monotonic() - started < 4.0
+        assert server.requests == []
+        wait_for(
+            lambda: "PROXY protocol header: does not start with a PROXY protocol" in proxy.log(),
+            5,
+            "the first rejection logged with its reason",
+        )
+        # The first rejection is logged with its reason; the proxy goes on serving.
+        with connect(port) as sock:
+            sock.sendall(v1("192.0.2.1") + GET)
+            assert read_response(sock)[0] == 200
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_only_the_listed_balancers_may_send_the_header(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    config = proxied_config(server.port, extra='proxy_protocol_from = ["127.0.0.0/8"]\n') + (
+        '\n[listeners.other]\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
+        'proxy_protocol_from = ["10.0.0.0/8", "2001:db8::/32"]\n'
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+        with connect(proxy.port("plain")) as sock:
+            sock.sendall(v1("192.0.2.8") + GET)
+            assert read_response(sock)[0] == 200
+        with connect(proxy.port("other")) as sock:
+            sock.sendall(v1("192.0.2.9") + GET)
+            assert closed_by_peer(sock, 5.0)
+        assert [r.header("x-forwarded-for") for r in server.requests] == ["192.0.2.8"]
+        wait_for(lambda: "not in proxy_protocol_from" in proxy.log(), 5, "the rejection logged")
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_tls_follows_the_header_and_sni_still_picks_the_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    paths = {}
+    for name in ("a.test", "b.test"):
+        leaf = ca.issue_cert(name)
+        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        paths[name] = (cert, key)
+    certificates = "".join(
+        f'  [[listeners.plain.certificates]]\n  cert = "{c}"\n  key = "{k}"\n'
+        for c, k in paths.values()
+    )
+    server = ScriptedServer().start()
+    config = simple_config(server.port).replace(
+        '[listeners.plain]\nbind = "127.0.0.1:0"',
+        '[listeners.plain]\nbind = "127.0.0.1:0"\ntls = true\nproxy_protocol = true\n'
+        + certificates,
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        for name, header in (("a.test", v1("203.0.113.20")), ("b.test", v2("2001:db8::20"))):
+            raw = connect(proxy.port("plain"))
+            raw.sendall(header)
+            with client.wrap_socket(raw, server_hostname=name) as tls:
+                # The certificate verified for `name`: the handshake went by its SNI.
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: " + name.encode() + b"\r\n\r\n")
+                assert read_response(tls)[0] == 200  # type: ignore[arg-type]
+        assert [r.header("x-forwarded-for") for r in server.requests] == [
+            "203.0.113.20",
+            "2001:db8::20",
+        ]
+        assert [r.header("x-forwarded-proto") for r in server.requests] == ["https", "https"]
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_failed_handshakes_and_refusals_leave_no_descriptor_open(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("a.test")
+    cert, key = tmp_path / "a.pem", tmp_path / "a.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    server = ScriptedServer().start()
+    config = simple_config(
+        server.port, service_extra="[services.main.timeouts]\nclient_header = 0.5\n"
+    ).replace(
+        '[listeners.plain]\nbind = "127.0.0.1:0"',
+        '[listeners.plain]\nbind = "127.0.0.1:0"\ntls = true\nproxy_protocol = true\n'
+        f'  [[listeners.plain.certificates]]\n  cert = "{cert}"\n  key = "{key}"\n',
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+        port = proxy.port("plain")
+        (worker,) = child_pids(proxy.proc.pid)
+
+        def descriptors() -> int:
+            return len(os.listdir(f"/proc/{worker}/fd"))
+
+        with connect(port) as sock:  # the worker is up and has served a connection
+            sock.sendall(GET)
+            assert closed_by_peer(sock, 5.0)
+        baseline = descriptors()
+        for _ in range(40):
+            with connect(port) as sock:  # a header, then no TLS at all
+                sock.sendall(v1("192.0.2.1") + GET)
+                assert closed_by_peer(sock, 5.0)
+            with connect(port) as sock:  # no header
+                sock.sendall(GET)
+                assert closed_by_peer(sock, 5.0)
+            with connect(port) as sock:  # gone in the middle of the header
+                sock.sendall(v1("192.0.2.1")[:10])
+        wait_for(
+            lambda: descriptors() <= baseline + 2,
+            10,
+            f"the worker's descriptors to settle at {baseline} (+2)",
+        )
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
