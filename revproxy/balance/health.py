@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from revproxy.balance.health_state import Change, HealthState, StateKey, carry_over
 from revproxy.config.model import Config, PoolConfig, ServerConfig
+from revproxy.http.proxyproto import local as local_header
 from revproxy.tls.context import build_pool_context, server_hostname
 
 log = logging.getLogger("revproxy.health")
@@ -85,6 +86,7 @@ class ProbeTarget:
     expect_text: str = ""
     ssl: ssl.SSLContext | None = None
     server_hostname: str | None = None
+    header: bytes = b""  # sent first, before TLS: the pool's PROXY protocol (LOCAL)
 
 
 def _address(host: str, port: int) -> str:
@@ -109,8 +111,10 @@ def probe_target(
     health = pool.health
     port = health.port or server.port
     address = _address(server.host, port)
+    # Where requests go, a PROXY header is expected: checks say they are the proxy's own.
+    header = local_header(pool.proxy_protocol) if _sends_proxy(pool, server, port) else b""
     if health.type == "tcp":
-        return ProbeTarget("tcp", server.host, port, address, health.timeout)
+        return ProbeTarget("tcp", server.host, port, address, health.timeout, header=header)
     if health.type not in ("http", "https"):
         raise ValueError(f"no probe for health check type {health.type!r}")
     if not _PATH_OK.fullmatch(health.path):
@@ -139,7 +143,12 @@ def probe_target(
         ",".join(health.expect),
         ssl_context if tls else None,
         server_hostname(pool, server) if tls else None,
+        header,
     )
+
+
+def _sends_proxy(pool: PoolConfig, server: ServerConfig, port: int) -> bool:
+    return pool.proxy_protocol != "off" and port == server.port
 
 
 async def probe(target: ProbeTarget) -> ProbeResult:
@@ -150,13 +159,21 @@ async def probe(target: ProbeTarget) -> ProbeResult:
     phase = "connect to"
     try:
         async with asyncio.timeout(target.timeout):
-            reader, writer = await asyncio.open_connection(
-                target.host,
-                target.port,
-                ssl=target.ssl,
-                server_hostname=target.server_hostname,
-                limit=MAX_RESPONSE_HEAD,
-            )
+            if target.header:
+                reader, writer = await asyncio.open_connection(
+                    target.host, target.port, limit=MAX_RESPONSE_HEAD
+                )
+                writer.write(target.header)
+                if target.ssl is not None:
+                    await writer.start_tls(target.ssl, server_hostname=target.server_hostname)
+            else:
+                reader, writer = await asyncio.open_connection(
+                    target.host,
+                    target.port,
+                    ssl=target.ssl,
+                    server_hostname=target.server_hostname,
+                    limit=MAX_RESPONSE_HEAD,
+                )
             if target.kind == "tcp":
                 ok, detail = True, "TCP connect ok"
             else:

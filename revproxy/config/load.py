@@ -45,6 +45,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PKCS12_SUFFIXES = (".pfx", ".p12")
 SNI_MISMATCH_ACTIONS = ("allow", "reject")
 BALANCE_METHODS = ("round_robin", "least_conn", "random_two", "source_hash")
+PROXY_PROTOCOL_VERSIONS = ("off", "v1", "v2")
 HEALTH_TYPES = ("none", "tcp", "http", "https")
 PERSISTENCE_TYPES = ("none", "source_ip", "cookie")
 SERVER_STATES = ("enabled", "disabled", "draining")
@@ -383,6 +384,7 @@ def _read_pool(ctx: Context, name: str, t: Table) -> PoolConfig:
         max_idle_per_server=t.number("max_idle_per_server", d.max_idle_per_server, integer=True),
         idle_timeout=t.seconds("idle_timeout", d.idle_timeout),
         balance=t.string("balance", d.balance, BALANCE_METHODS),
+        proxy_protocol=t.string("proxy_protocol", d.proxy_protocol, PROXY_PROTOCOL_VERSIONS),
         health=_read_health(ctx, t.table("health"), tls),
         persistence=_read_persistence(t.table("persistence")),
     )

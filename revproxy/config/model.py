@@ -221,6 +221,9 @@ class PoolConfig:
     # "round_robin" (weighted), "least_conn", "random_two" (power of two choices),
     # "source_hash"
     balance: str = "round_robin"
+    # PROXY protocol header opening each server connection: "off", "v1" or "v2". Such a
+    # connection carries one client's requests only (it names that client).
+    proxy_protocol: str = "off"
     health: HealthCheckConfig = field(default_factory=HealthCheckConfig)
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
 

@@ -134,3 +134,60 @@ def _parse_v2(data: bytes, length: int) -> ProxyHeader:
     source = (str(src), int.from_bytes(ports[0:2], "big"))
     destination = (str(dst), int.from_bytes(ports[2:4], "big"))
     return ProxyHeader(length, source, destination)
+
+
+def _same_family(
+    source: tuple[str, int], destination: tuple[str, int]
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] | None:
+    """Both addresses in one family (IPv4-mapped IPv6 taken as IPv4), or None."""
+    addresses = []
+    for host, _ in (source, destination):
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        addresses.append(address)
+    if addresses[0].version != addresses[1].version:
+        return None
+    return tuple(addresses)
+
+
+def build(
+    version: str, source: tuple[str, int] | None, destination: tuple[str, int] | None
+) -> bytes:
+    """The header a connection to a server opens with: `version` is "v1" or "v2".
+
+    `source` is the client's address and port, `destination` the address it connected to.
+    Without both in one family the header says the addresses are unknown (v1 UNKNOWN,
+    v2 PROXY over UNSPEC), which a receiver takes as "use the connection's own".
+    """
+    addresses = (
+        _same_family(source, destination)
+        if source is not None and destination is not None
+        else None
+    )
+    if version == "v1":
+        if addresses is None or source is None or destination is None:
+            return b"PROXY UNKNOWN\r\n"
+        src, dst = addresses
+        name = "TCP4" if src.version == 4 else "TCP6"
+        return f"PROXY {name} {src} {dst} {source[1]} {destination[1]}\r\n".encode()
+    if addresses is None or source is None or destination is None:
+        return V2_SIGNATURE + bytes((_V2_PROXY, 0x00)) + b"\x00\x00"
+    family = _V2_TCP4 if addresses[0].version == 4 else _V2_TCP6
+    body = (
+        addresses[0].packed
+        + addresses[1].packed
+        + source[1].to_bytes(2, "big")
+        + destination[1].to_bytes(2, "big")
+    )
+    return V2_SIGNATURE + bytes((_V2_PROXY, family)) + len(body).to_bytes(2, "big") + body
+
+
+def local(version: str) -> bytes:
+    """The header of a connection the proxy makes on its own behalf (a health check)."""
+    if version == "v1":
+        return b"PROXY UNKNOWN\r\n"
+    return V2_SIGNATURE + bytes((_V2_LOCAL, 0x00)) + b"\x00\x00"

@@ -119,10 +119,12 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         if listener.draining:
             self.drain()
 
-    def set_client_address(self, ip: str) -> None:
+    def set_client(self, source: tuple[str, int], destination: tuple[str, int] | None) -> None:
         """The client's address when the socket's peer is not the client (PROXY protocol)."""
-        self._ip_str = ip
-        self._ip = ip.encode()
+        self._ip_str = source[0]
+        self._ip = self._ip_str.encode()
+        self._client_addr = source
+        self._local_addr = destination
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase

@@ -61,6 +61,10 @@ class ExchangeState:
         self._transport: asyncio.Transport | None = None
         self._ip = b"-"
         self._ip_str = ""
+        # The client's and the listener's addresses as a PROXY header named them (None:
+        # the socket's own, looked up when a server connection needs a header).
+        self._client_addr: tuple[str, int] | None = None
+        self._local_addr: tuple[str, int] | None = None
         self._buf = bytearray()
         self._phase = HEAD
         self._served = 0

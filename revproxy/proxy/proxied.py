@@ -135,7 +135,8 @@ class ProxyProtocolServer:
 
         def factory() -> ClientConnection:
             proto = self._factory()
-            proto.set_client_address(client)
+            if header.source is not None:
+                proto.set_client(header.source, header.destination)
             return proto
 
         listener = self._listener

@@ -24,6 +24,7 @@ from revproxy.http.head import (
     Response,
     parse_response,
 )
+from revproxy.http.proxyproto import build as build_proxy_header
 from revproxy.http.rules import BodyReplacer
 from revproxy.proxy.exchange import (
     EXCHANGE,
@@ -112,7 +113,12 @@ class ServerSide(ExchangeState):
     async def _open(self, svc: Service, server: Server) -> None:
         endpoint = svc.endpoints[server]
         try:
-            conn = await endpoint.connect(svc.t_connect)
+            if endpoint.proxy_protocol:
+                conn = await endpoint.connect(
+                    svc.t_connect, self._proxy_header(endpoint.proxy_protocol)
+                )
+            else:
+                conn = await endpoint.connect(svc.t_connect)
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -277,9 +283,9 @@ class ServerSide(ExchangeState):
                 self._stats.server_failed(svc.pool.name, server.name, "status")
             else:
                 self._stats.server_succeeded(svc.pool.name, server.name)
-        if resp.auth_challenge and svc.ntlm_pinning:
+        if resp.auth_challenge and svc.ntlm_pinning and self._up is not None:
             # NTLM and Negotiate authenticate the connection: it now belongs to this client.
-            self._pinned = self._up
+            self._pin(self._up)
         dechunk = resp.body == CHUNKED and not req.http11
         extra = b""
         edits = self._edits
@@ -432,7 +438,11 @@ class ServerSide(ExchangeState):
                     self._pinned = None
                     up.close()
             elif resp is not None and resp.keep_alive and self._req_done and not up.closed:
-                up.endpoint.put_idle(up, now)
+                if up.endpoint.proxy_protocol:
+                    # Its PROXY header named this client: kept for this client only.
+                    self._pin(up)
+                else:
+                    up.endpoint.put_idle(up, now)
             else:
                 up.close()
         self._end_exchange(now)
@@ -455,6 +465,23 @@ class ServerSide(ExchangeState):
         self._arm_at(now + min(self._phase_timeout(), self._listener.t_header))
         if self._buf:
             self._read_heads()
+
+    def _pin(self, conn: ServerConnection) -> None:
+        """Tie `conn` to this client connection (one at a time: a former one is closed)."""
+        former = self._pinned
+        if former is not None and former is not conn:
+            former.close()
+        self._pinned = conn
+
+    def _proxy_header(self, version: str) -> bytes:
+        """The PROXY header naming this connection's client to a server."""
+        source, destination = self._client_addr, self._local_addr
+        transport = self._transport
+        if source is None and transport is not None:
+            source = transport.get_extra_info("peername")
+        if destination is None and transport is not None:
+            destination = transport.get_extra_info("sockname")
+        return build_proxy_header(version, source, destination)
 
     def server_lost(self, conn: ServerConnection, exc: Exception | None) -> None:
         if conn is self._pinned:

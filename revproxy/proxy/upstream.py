@@ -99,6 +99,7 @@ class Endpoint:
         "idle",
         "max_idle",
         "idle_timeout",
+        "proxy_protocol",
         "_loop",
     )
 
@@ -116,6 +117,11 @@ class Endpoint:
         self.idle: list[ServerConnection] = []
         self.max_idle = pool_config.max_idle_per_server
         self.idle_timeout = pool_config.idle_timeout
+        # "v1"/"v2": each connection opens with a PROXY header naming its one client, so
+        # it is never kept for anyone else; "" = off.
+        self.proxy_protocol = (
+            "" if pool_config.proxy_protocol == "off" else pool_config.proxy_protocol
+        )
         self._loop = loop
 
     def take_idle(self) -> ServerConnection | None:
@@ -153,10 +159,15 @@ class Endpoint:
         while self.idle:
             self.idle[0].close()
 
-    async def connect(self, timeout: float) -> ServerConnection:
-        """A new connection (TCP, and TLS when the pool re-encrypts); raises OSError/timeout."""
+    async def connect(self, timeout: float, header: bytes = b"") -> ServerConnection:
+        """A new connection (TCP, and TLS when the pool re-encrypts); raises OSError/timeout.
+
+        `header`: bytes sent first, before TLS (a PROXY protocol header).
+        """
         factory: Callable[[], ServerConnection] = lambda: ServerConnection(self)  # noqa: E731
         cfg = self.server.config
+        if header:
+            return await asyncio.wait_for(self._connect_with(factory, header, timeout), timeout)
         if self.ssl_context is None:
             coro = self._loop.create_connection(factory, cfg.host, cfg.port)
         else:
@@ -169,4 +180,27 @@ class Endpoint:
                 ssl_handshake_timeout=timeout,
             )
         _, conn = await asyncio.wait_for(coro, timeout)
+        return conn
+
+    async def _connect_with(
+        self, factory: Callable[[], ServerConnection], header: bytes, timeout: float
+    ) -> ServerConnection:
+        cfg = self.server.config
+        transport, conn = await self._loop.create_connection(factory, cfg.host, cfg.port)
+        try:
+            transport.write(header)
+            if self.ssl_context is not None:
+                tls = await self._loop.start_tls(
+                    transport,
+                    conn,
+                    self.ssl_context,
+                    server_hostname=self.server_hostname,
+                    ssl_handshake_timeout=timeout,
+                )
+                if tls is None:
+                    raise ConnectionResetError("closed during the TLS handshake")
+                conn.connection_made(tls)
+        except BaseException:
+            transport.abort()
+            raise
         return conn

@@ -281,6 +281,7 @@ def test_relative_source_still_gives_absolute_paths(tmp_path: Path) -> None:
         ),
         ("pools.web.servers", [{"address": "[zz]:1"}], "servers[0].address: 'zz' inside brackets"),
         ("pools.web.min_tls_version", "2", "pools.web.min_tls_version: must be one of"),
+        ("pools.web.proxy_protocol", "v3", 'pools.web.proxy_protocol: must be one of "off"'),
         ("pools.web.server_name", "bad name", "pools.web.server_name: must be a DNS name"),
         ("pools.web.idle_timeout", -1, "pools.web.idle_timeout: must be a positive number"),
         ("pools.web.max_idle_per_server", 1.0, "must be an integer >= 0"),

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from revproxy.http.proxyproto import V2_MAX, ProxyHeader, ProxyHeaderError, needed, parse
+
 REPO = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(r"listener (\S+) on (\S+):(\d+) ")
 
@@ -143,6 +145,11 @@ class ScriptedServer:
     tls: ssl.SSLContext | None = None
     requests: list[Received] = field(default_factory=list)
     connections: int = 0
+    # Each connection opens with a PROXY protocol header (before TLS): read, kept by
+    # connection id; a connection with a bad one is closed.
+    expect_proxy: bool = False
+    proxy_headers: dict[int, ProxyHeader] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)  # connections that are over
     _server: socketserver.ThreadingTCPServer | None = None
 
     def start(self) -> ScriptedServer:
@@ -151,6 +158,10 @@ class ScriptedServer:
         class Handler(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 sock = self.request
+                sock.settimeout(30)
+                header = _read_proxy_header(sock) if outer.expect_proxy else None
+                if outer.expect_proxy and header is None:
+                    return
                 if outer.tls is not None:
                     try:
                         sock = outer.tls.wrap_socket(sock, server_side=True)
@@ -159,8 +170,12 @@ class ScriptedServer:
                 with outer._lock:
                     outer.connections += 1
                     conn_id = outer.connections
+                    if header is not None:
+                        outer.proxy_headers[conn_id] = header
                 sock.settimeout(30)
                 outer._serve(sock, conn_id)
+                with outer._lock:
+                    outer.ended.add(conn_id)
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True
@@ -208,6 +223,23 @@ class ScriptedServer:
                 sock.close()
             except OSError:
                 pass
+
+
+def _read_proxy_header(sock: socket.socket) -> ProxyHeader | None:
+    """The PROXY header a connection opens with, taken off the socket exactly; None if bad."""
+    deadline = time.monotonic() + 10
+    try:
+        while time.monotonic() < deadline:
+            data = sock.recv(V2_MAX, socket.MSG_PEEK)
+            if not data:
+                return None
+            length = needed(data)
+            if length and len(data) >= length:
+                return parse(sock.recv(length))
+            time.sleep(0.005)  # part of it so far: look again shortly
+    except (ProxyHeaderError, OSError):
+        return None
+    return None
 
 
 def _read_body(sock: socket.socket, head: bytes, buf: bytes) -> tuple[bytes, bytes, bytes]:

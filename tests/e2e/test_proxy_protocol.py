@@ -13,10 +13,13 @@ from pathlib import Path
 import trustme
 from harness import (
     ProxyProcess,
+    Received,
     ScriptedServer,
+    by_path,
     child_pids,
     closed_by_peer,
     connect,
+    http_response,
     read_response,
     simple_config,
     wait_for,
@@ -236,6 +239,105 @@ def test_failed_handshakes_and_refusals_leave_no_descriptor_open(tmp_path: Path)
             10,
             f"the worker's descriptors to settle at {baseline} (+2)",
         )
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+# ---------------------------------------------------------------- towards the servers
+
+
+def test_each_client_gets_its_own_server_connection_named_by_a_header(tmp_path: Path) -> None:
+    server = ScriptedServer(expect_proxy=True).start()
+    config = simple_config(server.port, pool_extra='proxy_protocol = "v1"\n') + (
+        '\n[listeners.lb]\nbind = "127.0.0.1:0"\nproxy_protocol = true\n'
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+        first, second = connect(proxy.port("plain")), connect(proxy.port("plain"))
+        for sock in (first, second, first, second):
+            sock.sendall(GET)
+            assert read_response(sock)[0] == 200
+        # One server connection per client connection, reused only for that client.
+        assert server.connections == 2
+        assert [r.conn_id for r in server.requests] == [1, 2, 1, 2]
+        port = proxy.port("plain")
+        for conn_id, sock in ((1, first), (2, second)):
+            header = server.proxy_headers[conn_id]
+            assert header.source == ("127.0.0.1", sock.getsockname()[1])
+            assert header.destination == ("127.0.0.1", port)
+        # A client that leaves takes its server connection with it.
+        first.close()
+        wait_for(lambda: 1 in server.ended, 10, "the first client's server connection to close")
+        assert 2 not in server.ended
+        second.close()
+        # Behind a balancer the client its header named is the one named onwards.
+        with connect(proxy.port("lb")) as sock:
+            sock.sendall(v2("2001:db8::5", sport=4242) + GET)
+            assert read_response(sock)[0] == 200
+        header = server.proxy_headers[3]
+        assert header.source == ("2001:db8::5", 4242)
+        assert header.destination == ("::", 443)  # as the balancer named it
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_the_header_comes_before_tls_and_checks_send_a_local_one(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("app.internal")
+    server = ScriptedServer(expect_proxy=True)
+    server.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(server.tls)
+    server.start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    pool = (
+        f'proxy_protocol = "v2"\ntls = true\nca = "{ca_file}"\nserver_name = "app.internal"\n'
+        "[pools.p.health]\n"
+        'type = "https"\npath = "/health"\ninterval = 0.5\ntimeout = 0.5\nrise = 1\nfall = 2\n'
+    )
+    proxy = ProxyProcess(simple_config(server.port, pool_extra=pool), tmp_path)
+    try:
+        # New servers start down until a check passes: the check's header was accepted.
+        def served() -> bool:
+            with connect(proxy.port("plain")) as sock:
+                sock.sendall(GET)
+                return read_response(sock)[0] == 200
+
+        wait_for(served, 15, "a request served once the check passed")
+        checks = [r.conn_id for r in server.requests if r.request_line.startswith(b"GET /health")]
+        assert checks and all(server.proxy_headers[c].source is None for c in checks)
+        (forwarded,) = [r for r in server.requests if r.request_line.startswith(b"GET /x")][-1:]
+        header = server.proxy_headers[forwarded.conn_id]
+        assert header.source is not None and header.source[0] == "127.0.0.1"
+        assert forwarded.header("x-forwarded-proto") == "http"
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_a_server_closing_the_clients_connection_gets_a_new_one_with_a_header(
+    tmp_path: Path,
+) -> None:
+    def answer_then_close(req: Received, sock: socket.socket) -> bytes | None:
+        sock.sendall(http_response(200, b"bye"))
+        sock.close()  # without saying so: the kept connection is simply gone
+        return None
+
+    server = ScriptedServer(
+        expect_proxy=True, responder=by_path({"/bye": answer_then_close})
+    ).start()
+    proxy = ProxyProcess(simple_config(server.port, pool_extra='proxy_protocol = "v2"\n'), tmp_path)
+    try:
+        with connect(proxy.port("plain")) as sock:
+            for path in (b"/bye", b"/x", b"/bye", b"/x"):
+                sock.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                assert read_response(sock)[0] == 200
+            client_port = sock.getsockname()[1]
+        assert [r.conn_id for r in server.requests] == [1, 2, 2, 3]
+        for conn_id in (1, 2, 3):
+            assert server.proxy_headers[conn_id].source == ("127.0.0.1", client_port)
     finally:
         assert proxy.stop() == 0
         server.stop()

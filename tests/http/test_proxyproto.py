@@ -6,10 +6,18 @@ import ipaddress
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from revproxy.http.proxyproto import V2_SIGNATURE, ProxyHeader, ProxyHeaderError, needed, parse
+from revproxy.http.proxyproto import (
+    V2_SIGNATURE,
+    ProxyHeader,
+    ProxyHeaderError,
+    build,
+    local,
+    needed,
+    parse,
+)
 
 
 def v2(command: int, family: int, body: bytes) -> bytes:
@@ -125,3 +133,35 @@ def test_v1_and_v2_of_the_same_connection_agree(
     assert one is not None and two is not None
     assert (one.source, one.destination) == (two.source, two.destination)
     assert one.source == (str(src), sport)
+
+
+@given(
+    st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.sampled_from(["v1", "v2"]),
+)
+def test_built_headers_parse_back_to_the_same_addresses(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, sport: int, dport: int, version: str
+) -> None:
+    # (An IPv4-mapped client is named as IPv4: see the test below.)
+    assume(not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is None)
+    dst = "127.0.0.1" if address.version == 4 else "::1"
+    header = parse(build(version, (str(address), sport), (dst, dport)) + b"GET")
+    assert header is not None
+    assert header.source == (str(address), sport)
+    assert header.destination == (dst, dport)
+
+
+def test_built_headers_without_common_addresses_say_unknown() -> None:
+    mixed = (("192.0.2.1", 1), ("::1", 2))
+    assert build("v1", *mixed) == b"PROXY UNKNOWN\r\n"
+    assert parse(build("v2", *mixed)) == ProxyHeader(16, None, None)
+    assert build("v1", None, None) == b"PROXY UNKNOWN\r\n"
+    # An IPv4 client seen through an IPv6 socket is named as IPv4.
+    mapped = parse(build("v2", ("::ffff:192.0.2.1", 5), ("::ffff:10.0.0.1", 443)))
+    assert mapped is not None and mapped.source == ("192.0.2.1", 5)
+    for version in ("v1", "v2"):
+        header = parse(local(version))
+        assert header is not None and header.source is None
+        assert header.length == len(local(version))
