@@ -51,7 +51,14 @@ class ServerSide(ExchangeState):
         assert svc is not None
         pinned = self._pinned
         if pinned is not None:
-            if not pinned.closed and pinned.endpoint.server in svc.endpoints:
+            endpoint = pinned.endpoint
+            if (
+                not pinned.closed
+                and endpoint.server in svc.endpoints
+                # A PROXY-protocol connection is only this client's habit (unlike an NTLM
+                # one, which holds its authentication): it yields to the server's health.
+                and (not endpoint.proxy_protocol or endpoint.server.accepts_persistent)
+            ):
                 self._server = pinned.endpoint.server
                 self._server.active += 1
                 self._attach(pinned)

@@ -14,11 +14,13 @@ import trustme
 from harness import (
     ProxyProcess,
     Received,
+    Responder,
     ScriptedServer,
     by_path,
     child_pids,
     closed_by_peer,
     connect,
+    exchange,
     http_response,
     read_response,
     simple_config,
@@ -341,3 +343,44 @@ def test_a_server_closing_the_clients_connection_gets_a_new_one_with_a_header(
     finally:
         assert proxy.stop() == 0
         server.stop()
+
+
+def test_a_clients_connection_yields_when_its_server_goes_down(tmp_path: Path) -> None:
+    healthy = {"a": True, "b": True}
+
+    def health_of(name: str) -> Responder:
+        def respond(req: Received, sock: socket.socket) -> bytes | None:
+            return http_response(200 if healthy[name] else 503, name.encode())
+
+        return respond
+
+    def named(name: str) -> Responder:
+        return by_path({"/health": health_of(name)}, lambda r, s: http_response(200, name.encode()))
+
+    servers = {n: ScriptedServer(expect_proxy=True, responder=named(n)).start() for n in "ab"}
+    pool = (
+        'proxy_protocol = "v1"\n[pools.p.health]\n'
+        'type = "http"\npath = "/health"\ninterval = 0.3\ntimeout = 0.3\nrise = 1\nfall = 1\n'
+    )
+    config = simple_config(0, pool_extra=pool, servers=[s.port for s in servers.values()])
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+
+        def answer(sock: socket.socket) -> bytes:
+            sock.sendall(GET)
+            status, _, body = read_response(sock)
+            assert status == 200
+            return body
+
+        # New servers start down until checked; a fresh connection per try.
+        wait_for(lambda: exchange(proxy.port("plain"), GET)[0] == 200, 15, "a server up")
+        with connect(proxy.port("plain")) as sock:
+            first = answer(sock)
+            assert {answer(sock) for _ in range(4)} == {first}  # kept for this client
+            healthy[first.decode()] = False
+            other = b"b" if first == b"a" else b"a"
+            wait_for(lambda: answer(sock) == other, 10, "the client's requests to move")
+    finally:
+        assert proxy.stop() == 0
+        for server in servers.values():
+            server.stop()
