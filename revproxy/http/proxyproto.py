@@ -136,19 +136,25 @@ def _parse_v2(data: bytes, length: int) -> ProxyHeader:
     return ProxyHeader(length, source, destination)
 
 
+def plain_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A socket's address as an IP address: no IPv6 zone, an IPv4-mapped one as IPv4.
+
+    Raises ValueError when `text` is not an IP address.
+    """
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def _same_family(
     source: tuple[str, int], destination: tuple[str, int]
 ) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] | None:
     """Both addresses in one family (IPv4-mapped IPv6 taken as IPv4), or None."""
-    addresses = []
-    for host, _ in (source, destination):
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        addresses.append(address)
+    try:
+        addresses = [plain_address(host) for host, _ in (source, destination)]
+    except ValueError:
+        return None
     if addresses[0].version != addresses[1].version:
         return None
     return tuple(addresses)

@@ -17,7 +17,14 @@ import logging
 import socket
 from collections.abc import Callable
 
-from revproxy.http.proxyproto import V2_MAX, ProxyHeader, ProxyHeaderError, needed, parse
+from revproxy.http.proxyproto import (
+    V2_MAX,
+    ProxyHeader,
+    ProxyHeaderError,
+    needed,
+    parse,
+    plain_address,
+)
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.runtime import Listener
 
@@ -91,11 +98,9 @@ class ProxyProtocolServer:
 
     def _trusted(self, peer: str) -> bool:
         try:
-            address = ipaddress.ip_address(peer.split("%", 1)[0])
+            address = plain_address(peer)
         except ValueError:
             return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         return any(address in network for network in self._allowed)
 
     def _reject(self, conn: socket.socket, peer: str, why: str) -> None:

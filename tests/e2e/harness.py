@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trustme
+
 from revproxy.http.proxyproto import V2_MAX, ProxyHeader, ProxyHeaderError, needed, parse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -380,6 +382,25 @@ pool = "p"
 servers = [{server_list}]
 {pool_extra}
 """
+
+
+def issue_cert(ca: trustme.CA, name: str, folder: Path) -> tuple[Path, Path]:
+    """A certificate for `name` signed by `ca`, as PEM files in `folder`: (cert, key)."""
+    leaf = ca.issue_cert(name)
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return cert, key
+
+
+def with_tls(config: str, certificates: list[tuple[Path, Path]], extra: str = "") -> str:
+    """`simple_config` text whose listener terminates TLS with `certificates` (first = default)."""
+    entries = "".join(
+        f'  [[listeners.plain.certificates]]\n  cert = "{cert}"\n  key = "{key}"\n'
+        for cert, key in certificates
+    )
+    plain = '[listeners.plain]\nbind = "127.0.0.1:0"'
+    return config.replace(plain, f"{plain}\ntls = true\n{extra}{entries}")
 
 
 # ---------------------------------------------------------------------- processes and ports

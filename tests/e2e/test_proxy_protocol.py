@@ -22,9 +22,11 @@ from harness import (
     connect,
     exchange,
     http_response,
+    issue_cert,
     read_response,
     simple_config,
     wait_for,
+    with_tls,
 )
 
 from revproxy.http.proxyproto import V2_SIGNATURE
@@ -163,23 +165,9 @@ def test_only_the_listed_balancers_may_send_the_header(tmp_path: Path) -> None:
 
 def test_tls_follows_the_header_and_sni_still_picks_the_certificate(tmp_path: Path) -> None:
     ca = trustme.CA()
-    paths = {}
-    for name in ("a.test", "b.test"):
-        leaf = ca.issue_cert(name)
-        cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
-        leaf.cert_chain_pems[0].write_to_path(str(cert))
-        leaf.private_key_pem.write_to_path(str(key))
-        paths[name] = (cert, key)
-    certificates = "".join(
-        f'  [[listeners.plain.certificates]]\n  cert = "{c}"\n  key = "{k}"\n'
-        for c, k in paths.values()
-    )
+    certificates = [issue_cert(ca, name, tmp_path) for name in ("a.test", "b.test")]
     server = ScriptedServer().start()
-    config = simple_config(server.port).replace(
-        '[listeners.plain]\nbind = "127.0.0.1:0"',
-        '[listeners.plain]\nbind = "127.0.0.1:0"\ntls = true\nproxy_protocol = true\n'
-        + certificates,
-    )
+    config = with_tls(simple_config(server.port), certificates, "proxy_protocol = true\n")
     proxy = ProxyProcess(config, tmp_path)
     client = ssl.create_default_context()
     ca.configure_trust(client)
@@ -202,18 +190,11 @@ def test_tls_follows_the_header_and_sni_still_picks_the_certificate(tmp_path: Pa
 
 
 def test_failed_handshakes_and_refusals_leave_no_descriptor_open(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("a.test")
-    cert, key = tmp_path / "a.pem", tmp_path / "a.key"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
     server = ScriptedServer().start()
-    config = simple_config(
-        server.port, service_extra="[services.main.timeouts]\nclient_header = 0.5\n"
-    ).replace(
-        '[listeners.plain]\nbind = "127.0.0.1:0"',
-        '[listeners.plain]\nbind = "127.0.0.1:0"\ntls = true\nproxy_protocol = true\n'
-        f'  [[listeners.plain.certificates]]\n  cert = "{cert}"\n  key = "{key}"\n',
+    config = with_tls(
+        simple_config(server.port, service_extra="[services.main.timeouts]\nclient_header = 0.5\n"),
+        [issue_cert(trustme.CA(), "a.test", tmp_path)],
+        "proxy_protocol = true\n",
     )
     proxy = ProxyProcess(config, tmp_path)
     try:

@@ -16,10 +16,12 @@ from harness import (
     connect,
     exchange,
     http_call,
+    issue_cert,
     read_response,
     read_until_closed,
     simple_config,
     wait_for,
+    with_tls,
 )
 
 
@@ -106,21 +108,11 @@ def test_connections_beyond_max_connections_are_closed_at_once(tmp_path: Path) -
 
 
 def test_failed_tls_handshakes_are_counted(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("a.test")
-    cert, key = tmp_path / "a.pem", tmp_path / "a.key"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
     server = ScriptedServer().start()
-    config = (
-        simple_config(server.port, service_extra="[services.main.timeouts]\nclient_header = 0.5\n")
-        .replace(
-            '[listeners.plain]\nbind = "127.0.0.1:0"',
-            '[listeners.plain]\nbind = "127.0.0.1:0"\ntls = true\n'
-            f'  [[listeners.plain.certificates]]\n  cert = "{cert}"\n  key = "{key}"\n',
-        )
-        .replace("[services.main]", '[admin]\nbind = "127.0.0.1:0"\n\n[services.main]')
-    )
+    config = with_tls(
+        simple_config(server.port, service_extra="[services.main.timeouts]\nclient_header = 0.5\n"),
+        [issue_cert(trustme.CA(), "a.test", tmp_path)],
+    ).replace("[services.main]", '[admin]\nbind = "127.0.0.1:0"\n\n[services.main]')
     proxy = ProxyProcess(config, tmp_path)
     try:
         port = proxy.port("plain")
