@@ -51,6 +51,12 @@ _COUNTERS = {
         "Client TLS handshakes that failed.",
         ("listener",),
     ),
+    "proxy_refusals": (
+        "revproxy_proxy_protocol_refusals",
+        "Connections to proxy_protocol listeners closed before HTTP: header, timeout, "
+        "source, limit.",
+        ("listener", "reason"),
+    ),
 }
 _GAUGES = {
     "client_connections": (

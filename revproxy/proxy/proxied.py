@@ -88,10 +88,10 @@ class ProxyProtocolServer:
             conn.setblocking(False)
             peer = str(addr[0])
             if len(self._reading) + len(self._opening) >= self._listener.max_connections:
-                self._reject(conn, peer, "over max_connections")
+                self._reject(conn, peer, "limit", "over max_connections")
                 continue
             if self._allowed and not self._trusted(peer):
-                self._reject(conn, peer, "not in proxy_protocol_from")
+                self._reject(conn, peer, "source", "not in proxy_protocol_from")
                 continue
             task = self._loop.create_task(self._open(conn, peer))
             self._reading[task] = conn
@@ -103,8 +103,9 @@ class ProxyProtocolServer:
             return False
         return any(address in network for network in self._allowed)
 
-    def _reject(self, conn: socket.socket, peer: str, why: str) -> None:
+    def _reject(self, conn: socket.socket, peer: str, reason: str, why: str) -> None:
         conn.close()
+        self._listener.stats.proxy_refused(self._listener.name, reason)
         if self._rejected % _LOG_EVERY == 0:
             log.warning(
                 "listener %s: connection from %s closed: %s (%d such so far)",
@@ -125,10 +126,10 @@ class ProxyProtocolServer:
             conn.close()
             raise
         except TimeoutError:
-            self._reject(conn, peer, "no complete PROXY protocol header in time")
+            self._reject(conn, peer, "timeout", "no complete PROXY protocol header in time")
             return
         except ProxyHeaderError as exc:
-            self._reject(conn, peer, f"PROXY protocol header: {exc}")
+            self._reject(conn, peer, "header", f"PROXY protocol header: {exc}")
             return
         except OSError as exc:
             conn.close()

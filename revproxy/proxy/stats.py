@@ -53,6 +53,7 @@ class WorkerStats:
         self.retries: dict[tuple[str, str], int] = {}
         self.timeouts: dict[str, int] = {}
         self.tls_failures: dict[str, int] = {}
+        self.proxy_refusals: dict[tuple[str, str], int] = {}
         # Servers with a passive failure not yet followed by a success.
         self._failing: set[tuple[str, str]] = set()
         # The route of the last request; this first one matches none.
@@ -192,6 +193,13 @@ class WorkerStats:
         """A client's TLS handshake on `listener` failed (bad client, unknown SNI, timeout)."""
         self.tls_failures[listener] = self.tls_failures.get(listener, 0) + 1
 
+    def proxy_refused(self, listener: str, reason: str) -> None:
+        """A connection to a `proxy_protocol` listener was closed before HTTP: reason is
+        "header" (missing or malformed), "timeout", "source" (not a listed balancer) or
+        "limit" (max_connections)."""
+        key = (listener, reason)
+        self.proxy_refusals[key] = self.proxy_refusals.get(key, 0) + 1
+
     # ------------------------------------------------------------------ once a second
 
     def take_access_log(self) -> list[AccessEntry]:
@@ -222,6 +230,7 @@ class WorkerStats:
             "retries": [[*k, v] for k, v in self.retries.items()],
             "timeouts": [[k, v] for k, v in self.timeouts.items()],
             "tls_handshake_failures": [[k, v] for k, v in self.tls_failures.items()],
+            "proxy_refusals": [[*k, v] for k, v in self.proxy_refusals.items()],
         }
         gauges: dict[str, list[list[Any]]] = {
             "client_connections": [[k, v[0]] for k, v in self.connections.items()],

@@ -16,11 +16,13 @@ from harness import (
     Received,
     Responder,
     ScriptedServer,
+    admin_url,
     by_path,
     child_pids,
     closed_by_peer,
     connect,
     exchange,
+    http_call,
     http_response,
     issue_cert,
     read_response,
@@ -110,7 +112,10 @@ def test_a_header_arriving_in_pieces_is_waited_for(tmp_path: Path) -> None:
 
 def test_connections_without_a_valid_header_are_closed_unanswered(tmp_path: Path) -> None:
     server = ScriptedServer().start()
-    proxy = ProxyProcess(proxied_config(server.port, header_timeout=0.5), tmp_path)
+    config = proxied_config(server.port, header_timeout=0.5).replace(
+        "[services.main]", '[admin]\nbind = "127.0.0.1:0"\n\n[services.main]'
+    )
+    proxy = ProxyProcess(config, tmp_path)
     try:
         port = proxy.port("plain")
         for raw in (
@@ -137,6 +142,17 @@ def test_connections_without_a_valid_header_are_closed_unanswered(tmp_path: Path
         with connect(port) as sock:
             sock.sendall(v1("192.0.2.1") + GET)
             assert read_response(sock)[0] == 200
+        # Every refusal is counted by reason.
+        admin = admin_url(proxy)
+        counted = (
+            'revproxy_proxy_protocol_refusals_total{listener="plain",reason="header"} 3.0',
+            'revproxy_proxy_protocol_refusals_total{listener="plain",reason="timeout"} 1.0',
+        )
+        wait_for(
+            lambda: all(c in http_call(admin + "/metrics")[1].decode() for c in counted),
+            10,
+            "the refusals in the metrics",
+        )
     finally:
         assert proxy.stop() == 0
         server.stop()
