@@ -350,11 +350,10 @@ class Master:
                 )
         else:
             self._stop_control()
-        for slot in range(count):
-            self._spawn(slot)
-        self.retiring |= old_workers
-        # SIGQUIT: stop accepting and finish what is open, within reload_grace.
-        self._signal_workers(old_workers, signal.SIGQUIT)
+        # Sockets no longer listened on close before the new workers are forked, or those
+        # would inherit them: a removed listener's port would then take connections that
+        # nobody accepts, instead of refusing them. (The old workers hold their own copies
+        # until SIGQUIT tells them to stop accepting.)
         for name, s in old_slots.items():
             if id(s) not in kept:
                 log.info("listener %s closed", name)
@@ -364,6 +363,11 @@ class Master:
                 for sock in s.sockets[count:]:
                     sock.close()
                 del s.sockets[count:]
+        for slot in range(count):
+            self._spawn(slot)
+        self.retiring |= old_workers
+        # SIGQUIT: stop accepting and finish what is open, within reload_grace.
+        self._signal_workers(old_workers, signal.SIGQUIT)
         log.info("configuration reloaded: %d workers", count)
         self._reloaded(True, "")
         return True

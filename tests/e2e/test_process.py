@@ -433,3 +433,31 @@ def test_check_names_file_and_key_of_a_bad_config(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert f"{bad}: services.main.timeouts.client_header:" in result.stderr
     assert "ok" not in result.stdout
+
+
+def test_reload_that_removes_a_listener_makes_its_port_refuse(tmp_path: Path) -> None:
+    server = ScriptedServer(_named("s1")).start()
+    extra = free_port()
+    base = simple_config(server.port, workers=2)
+    with_extra = base + f'\n[listeners.extra]\nbind = "127.0.0.1:{extra}"\n'
+    proxy = ProxyProcess(with_extra, tmp_path)
+    try:
+        old = _workers(proxy, 2)
+        assert _get(extra, "/before")[0] == 200
+        proxy.config_path.write_text(base)
+        proxy.signal(signal.SIGHUP)
+        wait_for(lambda: not any(process_alive(pid) for pid in old), 10, "the old workers to exit")
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", extra), timeout=2).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        # No process listens there any more: not even the new workers inherited it.
+        wait_for(refused, 10, "the removed listener's port to refuse connections")
+        assert _get(proxy.port("plain"), "/after")[0] == 200
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
