@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from revproxy.balance.health_state import Change, HealthState, StateKey, carry_over
 from revproxy.config.model import Config, PoolConfig, ServerConfig
+from revproxy.http.proxyproto import build as build_header
 from revproxy.http.proxyproto import local as local_header
 from revproxy.tls.context import build_pool_context, server_hostname
 
@@ -86,7 +87,9 @@ class ProbeTarget:
     expect_text: str = ""
     ssl: ssl.SSLContext | None = None
     server_hostname: str | None = None
-    header: bytes = b""  # sent first, before TLS: the pool's PROXY protocol (LOCAL)
+    # "v1"/"v2": a PROXY protocol header goes first, before TLS, as on the pool's own
+    # connections ("" = none).
+    proxy_protocol: str = ""
 
 
 def _address(host: str, port: int) -> str:
@@ -111,10 +114,10 @@ def probe_target(
     health = pool.health
     port = health.port or server.port
     address = _address(server.host, port)
-    # Where requests go, a PROXY header is expected: checks say they are the proxy's own.
-    header = local_header(pool.proxy_protocol) if _sends_proxy(pool, server, port) else b""
+    # Where requests go, a PROXY header is expected: a check sends one too.
+    proxy = pool.proxy_protocol if _sends_proxy(pool, server, port) else ""
     if health.type == "tcp":
-        return ProbeTarget("tcp", server.host, port, address, health.timeout, header=header)
+        return ProbeTarget("tcp", server.host, port, address, health.timeout, proxy_protocol=proxy)
     if health.type not in ("http", "https"):
         raise ValueError(f"no probe for health check type {health.type!r}")
     if not _PATH_OK.fullmatch(health.path):
@@ -143,7 +146,7 @@ def probe_target(
         ",".join(health.expect),
         ssl_context if tls else None,
         server_hostname(pool, server) if tls else None,
-        header,
+        proxy,
     )
 
 
@@ -159,11 +162,11 @@ async def probe(target: ProbeTarget) -> ProbeResult:
     phase = "connect to"
     try:
         async with asyncio.timeout(target.timeout):
-            if target.header:
+            if target.proxy_protocol:
                 reader, writer = await asyncio.open_connection(
                     target.host, target.port, limit=MAX_RESPONSE_HEAD
                 )
-                writer.write(target.header)
+                writer.write(_check_header(target.proxy_protocol, writer))
                 if target.ssl is not None:
                     await writer.start_tls(target.ssl, server_hostname=target.server_hostname)
             else:
@@ -210,6 +213,16 @@ async def probe(target: ProbeTarget) -> ProbeResult:
         if writer is not None:
             await _close(writer)
     return ProbeResult(ok, detail, duration)
+
+
+def _check_header(version: str, writer: asyncio.StreamWriter) -> bytes:
+    """The PROXY header of a check: v2 says LOCAL (the proxy's own connection); v1 has
+    no such word (UNKNOWN may be refused), so it names the check's own two ends."""
+    if version == "v2":
+        return local_header(version)
+    return build_header(
+        version, writer.get_extra_info("sockname"), writer.get_extra_info("peername")
+    )
 
 
 class _BadResponse(Exception):

@@ -84,10 +84,18 @@ def _port(text: bytes) -> int:
     return port
 
 
+_ADDRESS_BYTES = frozenset(b"0123456789abcdefABCDEF:.")
+
+
 def _address(text: bytes, version: int) -> str:
+    # Digits, hex and separators only: the spec's forms. (ipaddress would also take an
+    # IPv6 zone after "%", of any bytes, line breaks included, which must never reach a
+    # forwarded header or a log line.)
+    if not text or not _ADDRESS_BYTES.issuperset(text):
+        raise ProxyHeaderError(f"bad address {text[:46]!r}")
     try:
         address = ipaddress.ip_address(text.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
+    except ValueError:
         raise ProxyHeaderError(f"bad address {text[:46]!r}") from None
     if address.version != version:
         raise ProxyHeaderError(f"{text[:46]!r} is not an IPv{version} address")

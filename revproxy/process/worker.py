@@ -261,8 +261,14 @@ async def _serve_with(
     reporter.listening = False
     next_report = loop.time() + TICK
 
+    proxied = [s for s in servers if isinstance(s, ProxyProtocolServer)]
+
     def busy() -> bool:
-        return bool(registry) or any(listener.handshaking for listener in listeners)
+        return (
+            bool(registry)
+            or any(listener.handshaking for listener in listeners)
+            or any(s.pending for s in proxied)
+        )
 
     while busy() and loop.time() < started + grace["seconds"]:
         await asyncio.sleep(0.05)
@@ -274,6 +280,8 @@ async def _serve_with(
             reporter.report(runtime, loop, final=False)
     if follower is not None:
         follower.cancel()
+    for accepting in proxied:
+        accepting.abort()
     if registry:
         log.warning("grace period over: closing %d connections", len(registry))
         for conn in list(registry):

@@ -6,12 +6,15 @@ loop's transport (and before TLS, which follows the header on the wire): the hea
 are taken off the socket exactly, so whatever follows reaches the proxy or the TLS layer
 untouched. A connection whose header is missing, malformed or late is closed without an
 answer (nothing after a bad header can be trusted to be framed), as is one from an address
-outside `proxy_protocol_from`.
+outside `proxy_protocol_from`. On a graceful stop the listening socket closes and headers
+already on their way are still read: their requests are answered (with Connection: close)
+within the grace period like those of connections accepted before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
@@ -31,8 +34,10 @@ from revproxy.proxy.runtime import Listener
 log = logging.getLogger("revproxy.proxy")
 
 ACCEPT_BATCH = 64  # connections accepted per readiness of the listening socket
-PEEK_RETRY = 0.005  # seconds between looks at a header that has only partly arrived
+ACCEPT_PAUSE = 1.0  # seconds without accepting after running out of descriptors
 _LOG_EVERY = 100
+# Out of descriptors or memory: accepting again at once would fail again at once.
+_ACCEPT_RESOURCE_ERRORS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 
 def _set(fut: asyncio.Future[None]) -> None:
@@ -60,16 +65,31 @@ class ProxyProtocolServer:
         self._reading: dict[asyncio.Task[None], socket.socket] = {}  # header not yet read
         self._opening: set[asyncio.Task[None]] = set()  # handed on, TLS handshake running
         self._rejected = 0
+        self._accept_failures = 0
         self._closed = False
+        self._paused: asyncio.TimerHandle | None = None
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._accept)
 
+    @property
+    def pending(self) -> int:
+        """Connections accepted whose header is still being read."""
+        return len(self._reading)
+
     def close(self) -> None:
-        """Stop accepting; connections whose header has not arrived yet are closed."""
+        """Stop accepting and close the listening socket; headers on their way are read."""
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._sock.fileno())
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    def abort(self) -> None:
+        """Close the connections whose header has not arrived (the grace period is over)."""
         for task in list(self._reading):
             task.cancel()
 
@@ -81,8 +101,14 @@ class ProxyProtocolServer:
                 conn, addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:
+                continue  # gone before it was accepted
             except OSError as exc:
-                # Out of file descriptors or the like: the backlog keeps the connection.
+                if exc.errno in _ACCEPT_RESOURCE_ERRORS:
+                    # The backlog keeps the connections; look again in a while rather
+                    # than be woken at once by the same readable socket.
+                    self._pause_accepting(exc)
+                    return
                 log.warning("listener %s: accept failed: %s", self._listener.name, exc)
                 return
             conn.setblocking(False)
@@ -95,6 +121,24 @@ class ProxyProtocolServer:
                 continue
             task = self._loop.create_task(self._open(conn, peer))
             self._reading[task] = conn
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        if self._accept_failures % _LOG_EVERY == 0:
+            log.warning(
+                "listener %s: accept failed: %s; accepting again in %.0f s (%d such so far)",
+                self._listener.name,
+                exc,
+                ACCEPT_PAUSE,
+                self._accept_failures + 1,
+            )
+        self._accept_failures += 1
+        self._loop.remove_reader(self._sock.fileno())
+        self._paused = self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._paused = None
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def _trusted(self, peer: str) -> bool:
         try:
@@ -161,23 +205,27 @@ class ProxyProtocolServer:
             self._opening.discard(task)
 
     async def _read_header(self, conn: socket.socket) -> ProxyHeader:
-        seen = -1
+        # Bytes are taken off the socket as they come, never past the header's end: a look
+        # (MSG_PEEK) shows where the end is once it has arrived; until then every byte
+        # there is the header's. Taking them means an end of file is seen when it comes,
+        # and the socket is readable again only when more arrives.
+        got = b""
         while True:
             await self._readable(conn)
-            data = conn.recv(V2_MAX, socket.MSG_PEEK)
-            if not data:
+            try:
+                data = got + conn.recv(V2_MAX - len(got), socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if len(data) == len(got):
                 raise ProxyHeaderError("connection closed before the header was complete")
             length = needed(data)
             if length and len(data) >= length:
-                # Take exactly the header off the socket: what follows is the client's.
-                header = parse(conn.recv(length))
-                assert header is not None
+                got += conn.recv(length - len(got))
+                header = parse(got)
+                if header is None:
+                    raise ProxyHeaderError("header cut short")
                 return header
-            if len(data) == seen:
-                # Only part of the header is here and the socket stays readable: look again
-                # a little later rather than spin.
-                await asyncio.sleep(PEEK_RETRY)
-            seen = len(data)
+            got += conn.recv(len(data) - len(got))
 
     async def _readable(self, conn: socket.socket) -> None:
         fut: asyncio.Future[None] = self._loop.create_future()

@@ -56,8 +56,15 @@ class ServerSide(ExchangeState):
                 not pinned.closed
                 and endpoint.server in svc.endpoints
                 # A PROXY-protocol connection is only this client's habit (unlike an NTLM
-                # one, which holds its authentication): it yields to the server's health.
-                and (not endpoint.proxy_protocol or endpoint.server.accepts_persistent)
+                # one, which holds its authentication): it yields to the server's health
+                # and ages like an idle pooled connection.
+                and (
+                    not endpoint.proxy_protocol
+                    or (
+                        endpoint.server.accepts_persistent
+                        and self._loop.time() - pinned.idle_since < endpoint.idle_timeout
+                    )
+                )
             ):
                 self._server = pinned.endpoint.server
                 self._server.active += 1
@@ -444,10 +451,18 @@ class ServerSide(ExchangeState):
                 if not (resp is not None and resp.keep_alive and self._req_done):
                     self._pinned = None
                     up.close()
+                else:
+                    up.idle_since = now
             elif resp is not None and resp.keep_alive and self._req_done and not up.closed:
                 if up.endpoint.proxy_protocol:
-                    # Its PROXY header named this client: kept for this client only.
-                    self._pin(up)
+                    # Its PROXY header named this client: kept for this client only (but
+                    # an NTLM-authenticated connection this client holds stays first).
+                    former = self._pinned
+                    if former is None or former.closed or former.endpoint.proxy_protocol:
+                        up.idle_since = now
+                        self._pin(up)
+                    else:
+                        up.close()
                 else:
                     up.endpoint.put_idle(up, now)
             else:

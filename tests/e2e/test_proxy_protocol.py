@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 import ssl
 import struct
 import time
 from pathlib import Path
 
+import pytest
 import trustme
 from harness import (
     ProxyProcess,
@@ -282,7 +284,8 @@ def test_each_client_gets_its_own_server_connection_named_by_a_header(tmp_path: 
         server.stop()
 
 
-def test_the_header_comes_before_tls_and_checks_send_a_local_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_header_comes_before_tls_and_checks_send_one_too(tmp_path: Path, version: str) -> None:
     ca = trustme.CA()
     leaf = ca.issue_cert("app.internal")
     server = ScriptedServer(expect_proxy=True)
@@ -292,7 +295,8 @@ def test_the_header_comes_before_tls_and_checks_send_a_local_one(tmp_path: Path)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     pool = (
-        f'proxy_protocol = "v2"\ntls = true\nca = "{ca_file}"\nserver_name = "app.internal"\n'
+        f'proxy_protocol = "{version}"\ntls = true\nca = "{ca_file}"\n'
+        'server_name = "app.internal"\n'
         "[pools.p.health]\n"
         'type = "https"\npath = "/health"\ninterval = 0.5\ntimeout = 0.5\nrise = 1\nfall = 2\n'
     )
@@ -306,7 +310,15 @@ def test_the_header_comes_before_tls_and_checks_send_a_local_one(tmp_path: Path)
 
         wait_for(served, 15, "a request served once the check passed")
         checks = [r.conn_id for r in server.requests if r.request_line.startswith(b"GET /health")]
-        assert checks and all(server.proxy_headers[c].source is None for c in checks)
+        assert checks
+        for conn_id in checks:
+            check = server.proxy_headers[conn_id]
+            if version == "v2":
+                assert check.source is None  # LOCAL: the proxy's own connection
+            else:
+                # Version 1 has no LOCAL (and UNKNOWN may be refused): the check's own ends.
+                assert check.source is not None and check.source[0] == "127.0.0.1"
+                assert check.destination == ("127.0.0.1", server.port)
         (forwarded,) = [r for r in server.requests if r.request_line.startswith(b"GET /x")][-1:]
         header = server.proxy_headers[forwarded.conn_id]
         assert header.source is not None and header.source[0] == "127.0.0.1"
@@ -381,3 +393,128 @@ def test_a_clients_connection_yields_when_its_server_goes_down(tmp_path: Path) -
         assert proxy.stop() == 0
         for server in servers.values():
             server.stop()
+
+
+def test_a_header_cut_short_by_the_client_closes_at_once_and_costs_no_cpu(
+    tmp_path: Path,
+) -> None:
+    server = ScriptedServer().start()
+    proxy = ProxyProcess(proxied_config(server.port, header_timeout=5), tmp_path)
+    try:
+        port = proxy.port("plain")
+        (worker,) = child_pids(proxy.proc.pid)
+        with connect(port) as sock:  # the worker is up
+            sock.sendall(v1("192.0.2.1") + GET)
+            assert read_response(sock)[0] == 200
+        # Part of a header, then the end of the stream: closed without waiting 5 s.
+        with connect(port) as sock:
+            sock.sendall(v1("192.0.2.1")[:12])
+            sock.shutdown(socket.SHUT_WR)
+            started = time.monotonic()
+            assert closed_by_peer(sock, 4.0)
+            assert time.monotonic() - started < 2.0
+        wait_for(
+            lambda: "connection closed before the header was complete" in proxy.log(),
+            5,
+            "the reason logged",
+        )
+        # Many connections holding part of a header: nothing runs until more arrives.
+        descriptors = len(os.listdir(f"/proc/{worker}/fd"))
+        held = [connect(port) for _ in range(200)]
+        try:
+            for sock in held:
+                sock.sendall(b"PROXY TCP4 1")
+
+            def cpu_seconds() -> float:
+                fields = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+            wait_for(
+                lambda: len(os.listdir(f"/proc/{worker}/fd")) >= descriptors + 200,
+                10,
+                "the worker to accept them all",
+            )
+            before = cpu_seconds()
+            time.sleep(1.0)  # a span of time to measure the worker's CPU over
+            assert cpu_seconds() - before < 0.2
+        finally:
+            for sock in held:
+                sock.close()
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_a_header_on_its_way_at_shutdown_is_still_answered(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    proxy = ProxyProcess(proxied_config(server.port, header_timeout=5), tmp_path)
+    try:
+        port = proxy.port("plain")
+        with connect(port) as idle, connect(port) as late:
+            idle.sendall(v1("192.0.2.1") + GET)
+            assert read_response(idle)[0] == 200
+            header = v1("192.0.2.77")
+            late.sendall(header[:10])
+            proxy.signal(signal.SIGTERM)
+            # The idle connection closing shows the worker is stopping.
+            assert closed_by_peer(idle, 4.0)
+            late.sendall(header[10:] + GET)
+            status, headers, _ = read_response(late)
+            assert (status, headers.get("connection")) == (200, "close")
+        assert proxy.proc.wait(10) == 0
+        assert server.requests[-1].header("x-forwarded-for") == "192.0.2.77"
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_an_ntlm_authenticated_connection_outranks_a_proxy_protocol_one(tmp_path: Path) -> None:
+    def challenge_first(req: Received, sock: socket.socket) -> bytes | None:
+        if req.request_line.startswith(b"GET /login "):
+            return http_response(401, b"", ("WWW-Authenticate: NTLM",))
+        return http_response(200, b"in")
+
+    ntlm = ScriptedServer(responder=challenge_first).start()
+    proxied = ScriptedServer(expect_proxy=True).start()
+    config = simple_config(proxied.port, pool_extra='proxy_protocol = "v1"\n') + (
+        f'\n[services.intranet]\nhosts = ["ntlm.test"]\npool = "ntlm"\n'
+        f'\n[pools.ntlm]\nservers = ["127.0.0.1:{ntlm.port}"]\n'
+    )
+    proxy = ProxyProcess(config, tmp_path)
+
+    def get(sock: socket.socket, path: str, host: str) -> int:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return read_response(sock)[0]
+
+    try:
+        with connect(proxy.port("plain")) as sock:
+            assert get(sock, "/login", "ntlm.test") == 401  # the connection is now this client's
+            assert get(sock, "/x", "a.test") == 200  # through a PROXY-protocol connection
+            assert get(sock, "/x", "a.test") == 200
+            assert get(sock, "/step2", "ntlm.test") == 200
+        # The NTLM handshake went on over the connection it started on.
+        assert [r.conn_id for r in ntlm.requests] == [1, 1]
+        assert len(proxied.requests) == 2
+    finally:
+        assert proxy.stop() == 0
+        ntlm.stop()
+        proxied.stop()
+
+
+def test_a_clients_server_connection_ages_like_a_pooled_one(tmp_path: Path) -> None:
+    server = ScriptedServer(expect_proxy=True).start()
+    pool = 'proxy_protocol = "v2"\nidle_timeout = 0.5\n'
+    proxy = ProxyProcess(simple_config(server.port, pool_extra=pool), tmp_path)
+    try:
+        with connect(proxy.port("plain")) as sock:
+            for _ in range(2):
+                sock.sendall(GET)
+                assert read_response(sock)[0] == 200
+            time.sleep(0.7)  # idle for longer than the pool's idle_timeout
+            sock.sendall(GET)
+            assert read_response(sock)[0] == 200
+        assert [r.conn_id for r in server.requests] == [1, 1, 2]
+        wait_for(lambda: 1 in server.ended, 5, "the aged connection to be closed")
+    finally:
+        assert proxy.stop() == 0
+        server.stop()

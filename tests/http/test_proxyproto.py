@@ -81,6 +81,11 @@ INVALID = [
     (b"PROXY TCP4 2001:db8::1 198.51.100.7 1 2\r\n", "not an IPv4 address"),
     (b"PROXY TCP6 192.0.2.1 2001:db8::2 1 2\r\n", "not an IPv6 address"),
     (b"PROXY TCP4 192.0.2.300 198.51.100.7 1 2\r\n", "bad address"),
+    # A zone would carry any bytes into X-Forwarded-For and the logs.
+    (b"PROXY TCP6 ::1%\nX-Injected:yes ::1 1 2\r\n", "bad address"),
+    (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "bad address"),
+    (b"PROXY TCP6 ::1%,192.0.2.9 ::1 1 2\r\n", "bad address"),
+    (b"PROXY TCP4 \xff.0.0.1 127.0.0.1 1 2\r\n", "bad address"),
     (b"PROXY TCP4 192.0.2.1 198.51.100.7 65536 2\r\n", "out of range"),
     (b"PROXY TCP4 192.0.2.1 198.51.100.7 080 2\r\n", "bad port"),
     (b"PROXY TCP4 192.0.2.1 198.51.100.7 -1 2\r\n", "bad port"),
