@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -515,6 +516,41 @@ def test_a_clients_server_connection_ages_like_a_pooled_one(tmp_path: Path) -> N
             assert read_response(sock)[0] == 200
         assert [r.conn_id for r in server.requests] == [1, 1, 2]
         wait_for(lambda: 1 in server.ended, 5, "the aged connection to be closed")
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_out_of_descriptors_the_accept_loop_waits_instead_of_spinning(tmp_path: Path) -> None:
+    server = ScriptedServer().start()
+    proxy = ProxyProcess(proxied_config(server.port), tmp_path)
+    try:
+        port = proxy.port("plain")
+        (worker,) = child_pids(proxy.proc.pid)
+        with connect(port) as sock:  # the worker is up
+            sock.sendall(v1("192.0.2.1") + GET)
+            assert read_response(sock)[0] == 200
+        limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir(f"/proc/{worker}/fd"))
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (in_use, limits[1]))
+        waiting = connect(port)  # in the backlog: accepting it fails with EMFILE
+        try:
+            waiting.sendall(v1("192.0.2.2") + GET)
+            wait_for(lambda: "accepting again in" in proxy.log(), 10, "the failure logged")
+
+            def cpu_seconds() -> float:
+                fields = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+            before = cpu_seconds()
+            time.sleep(1.0)  # a span of time to measure the worker's CPU over
+            assert cpu_seconds() - before < 0.2
+            assert proxy.log().count("accept failed") == 1  # one line, not a flood
+            resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
+            # Descriptors again: the waiting connection is taken in and answered.
+            assert read_response(waiting)[0] == 200
+        finally:
+            waiting.close()
     finally:
         assert proxy.stop() == 0
         server.stop()
