@@ -54,6 +54,21 @@ def v2(src: str | None, sport: int = 40000) -> bytes:
     return V2_SIGNATURE + bytes((0x21, family)) + struct.pack("!H", len(body)) + body
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serving_worker(proxy: ProxyProcess) -> int:
+    """The pid of the proxy's one worker, once it has answered a request."""
+    (worker,) = child_pids(proxy.proc.pid)
+    with connect(proxy.port("plain")) as sock:
+        sock.sendall(v1("192.0.2.1") + GET)
+        assert read_response(sock)[0] == 200
+    return worker
+
+
 def proxied_config(backend: int, extra: str = "", header_timeout: float | None = None) -> str:
     timeouts = f"[services.main.timeouts]\nclient_header = {header_timeout}\n"
     return simple_config(
@@ -403,10 +418,7 @@ def test_a_header_cut_short_by_the_client_closes_at_once_and_costs_no_cpu(
     proxy = ProxyProcess(proxied_config(server.port, header_timeout=5), tmp_path)
     try:
         port = proxy.port("plain")
-        (worker,) = child_pids(proxy.proc.pid)
-        with connect(port) as sock:  # the worker is up
-            sock.sendall(v1("192.0.2.1") + GET)
-            assert read_response(sock)[0] == 200
+        worker = serving_worker(proxy)
         # Part of a header, then the end of the stream: closed without waiting 5 s.
         with connect(port) as sock:
             sock.sendall(v1("192.0.2.1")[:12])
@@ -426,18 +438,14 @@ def test_a_header_cut_short_by_the_client_closes_at_once_and_costs_no_cpu(
             for sock in held:
                 sock.sendall(b"PROXY TCP4 1")
 
-            def cpu_seconds() -> float:
-                fields = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
-                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
             wait_for(
                 lambda: len(os.listdir(f"/proc/{worker}/fd")) >= descriptors + 200,
                 10,
                 "the worker to accept them all",
             )
-            before = cpu_seconds()
+            before = cpu_seconds(worker)
             time.sleep(1.0)  # a span of time to measure the worker's CPU over
-            assert cpu_seconds() - before < 0.2
+            assert cpu_seconds(worker) - before < 0.2
         finally:
             for sock in held:
                 sock.close()
@@ -526,10 +534,7 @@ def test_out_of_descriptors_the_accept_loop_waits_instead_of_spinning(tmp_path: 
     proxy = ProxyProcess(proxied_config(server.port), tmp_path)
     try:
         port = proxy.port("plain")
-        (worker,) = child_pids(proxy.proc.pid)
-        with connect(port) as sock:  # the worker is up
-            sock.sendall(v1("192.0.2.1") + GET)
-            assert read_response(sock)[0] == 200
+        worker = serving_worker(proxy)
         limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
         in_use = len(os.listdir(f"/proc/{worker}/fd"))
         resource.prlimit(worker, resource.RLIMIT_NOFILE, (in_use, limits[1]))
@@ -538,13 +543,9 @@ def test_out_of_descriptors_the_accept_loop_waits_instead_of_spinning(tmp_path: 
             waiting.sendall(v1("192.0.2.2") + GET)
             wait_for(lambda: "accepting again in" in proxy.log(), 10, "the failure logged")
 
-            def cpu_seconds() -> float:
-                fields = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()
-                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-            before = cpu_seconds()
+            before = cpu_seconds(worker)
             time.sleep(1.0)  # a span of time to measure the worker's CPU over
-            assert cpu_seconds() - before < 0.2
+            assert cpu_seconds(worker) - before < 0.2
             assert proxy.log().count("accept failed") == 1  # one line, not a flood
             resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
             # Descriptors again: the waiting connection is taken in and answered.
