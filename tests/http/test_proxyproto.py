@@ -170,3 +170,18 @@ def test_built_headers_without_common_addresses_say_unknown() -> None:
         header = parse(local(version))
         assert header is not None and header.source is None
         assert header.length == len(local(version))
+
+
+def test_built_headers_byte_for_byte() -> None:
+    ends = (("192.0.2.1", 5), ("198.51.100.7", 443))
+    assert build("v1", *ends) == b"PROXY TCP4 192.0.2.1 198.51.100.7 5 443\r\n"
+    assert build("v2", *ends) == (
+        b"\r\n\r\n\x00\r\nQUIT\n"  # signature
+        b"\x21\x11\x00\x0c"  # version 2, PROXY; TCP over IPv4; 12 bytes follow
+        b"\xc0\x00\x02\x01\xc6\x33\x64\x07"  # source, destination
+        b"\x00\x05\x01\xbb"  # ports
+    )
+    six = (("2001:db8::1", 1), ("::1", 2))
+    assert build("v1", *six) == b"PROXY TCP6 2001:db8::1 ::1 1 2\r\n"
+    assert build("v2", *six)[12:16] == b"\x21\x21\x00\x24"
+    assert local("v2") == b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
