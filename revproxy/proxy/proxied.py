@@ -62,7 +62,7 @@ class ProxyProtocolServer:
         self._allowed = tuple(
             ipaddress.ip_network(n, strict=False) for n in listener.config.proxy_protocol_from
         )
-        self._reading: dict[asyncio.Task[None], socket.socket] = {}  # header not yet read
+        self._reading: set[asyncio.Task[None]] = set()  # header not yet read
         self._opening: set[asyncio.Task[None]] = set()  # handed on, TLS handshake running
         self._rejected = 0
         self._accept_failures = 0
@@ -120,7 +120,7 @@ class ProxyProtocolServer:
                 self._reject(conn, peer, "source", "not in proxy_protocol_from")
                 continue
             task = self._loop.create_task(self._open(conn, peer))
-            self._reading[task] = conn
+            self._reading.add(task)
 
     def _pause_accepting(self, exc: OSError) -> None:
         if self._accept_failures % _LOG_EVERY == 0:
@@ -180,7 +180,7 @@ class ProxyProtocolServer:
             log.debug("listener %s: client %s: %s", self._listener.name, peer, exc)
             return
         finally:
-            self._reading.pop(task, None)
+            self._reading.discard(task)
         client = header.source[0] if header.source is not None else peer
 
         def factory() -> ClientConnection:

@@ -51,21 +51,7 @@ class ServerSide(ExchangeState):
         assert svc is not None
         pinned = self._pinned
         if pinned is not None:
-            endpoint = pinned.endpoint
-            if (
-                not pinned.closed
-                and endpoint.server in svc.endpoints
-                # A PROXY-protocol connection is only this client's habit (unlike an NTLM
-                # one, which holds its authentication): it yields to the server's health
-                # and ages like an idle pooled connection.
-                and (
-                    not endpoint.proxy_protocol
-                    or (
-                        endpoint.server.accepts_persistent
-                        and self._loop.time() - pinned.idle_since < endpoint.idle_timeout
-                    )
-                )
-            ):
+            if self._pinned_serves(pinned, svc):
                 self._server = pinned.endpoint.server
                 self._server.active += 1
                 self._attach(pinned)
@@ -88,6 +74,20 @@ class ServerSide(ExchangeState):
             self._pending_size = len(head)
             self._connect()
         return True
+
+    def _pinned_serves(self, pinned: ServerConnection, svc: Service) -> bool:
+        """Whether the connection tied to this client carries its request for `svc`."""
+        endpoint = pinned.endpoint
+        if pinned.closed or endpoint.server not in svc.endpoints:
+            return False
+        if not endpoint.proxy_protocol:
+            return True  # NTLM: the connection holds the client's authentication
+        # A PROXY-protocol connection is only this client's habit: it yields to the
+        # server's health and ages like an idle pooled connection.
+        return (
+            endpoint.server.accepts_persistent
+            and self._loop.time() - pinned.idle_since < endpoint.idle_timeout
+        )
 
     def _pick(self, svc: Service) -> Server | None:
         """The server for this request: persistence first, then the pool's balancing."""
@@ -126,13 +126,10 @@ class ServerSide(ExchangeState):
 
     async def _open(self, svc: Service, server: Server) -> None:
         endpoint = svc.endpoints[server]
+        version = endpoint.proxy_protocol
+        header = self._proxy_header(version) if version else b""
         try:
-            if endpoint.proxy_protocol:
-                conn = await endpoint.connect(
-                    svc.t_connect, self._proxy_header(endpoint.proxy_protocol)
-                )
-            else:
-                conn = await endpoint.connect(svc.t_connect)
+            conn = await endpoint.connect(svc.t_connect, header)
         except asyncio.CancelledError:
             raise
         except (OSError, TimeoutError, ssl.SSLError) as exc:

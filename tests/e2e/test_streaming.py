@@ -24,9 +24,12 @@ import pytest
 from harness import (
     BackendProcess,
     ProxyProcess,
+    Received,
     RssSampler,
+    ScriptedServer,
     child_pids,
     connect,
+    http_response,
     read_response,
     rss_bytes,
     simple_config,
@@ -293,38 +296,10 @@ def test_slow_reader_makes_the_proxy_stop_reading_from_the_server(tmp_path: Path
         server.close()
 
 
-class SizedServer:
-    """Keep-alive server: `GET /...?n=SIZE` gets SIZE bytes (Content-Length) in one send."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                size = int(head.split(b" ")[1].rpartition(b"n=")[2])
-                reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
-                conn.sendall(reply + b"z" * size)
-
-    def close(self) -> None:
-        self._listener.close()
+def _sized(req: Received, sock: socket.socket) -> bytes:
+    """`GET /...?n=SIZE` gets SIZE bytes (Content-Length) in one send."""
+    size = int(req.request_line.split(b" ")[1].rpartition(b"n=")[2])
+    return http_response(200, b"z" * size)
 
 
 def _queued_towards_proxy(server_port: int) -> tuple[int, int]:
@@ -354,7 +329,7 @@ def test_a_server_connection_paused_for_a_slow_client_reads_again_when_kept(
     # response: the server connection is then kept for reuse while paused. It must read
     # again, or the next request sent on it (here from another client) is never answered.
     # Where that size lies depends on the kernel's buffers: it is searched for.
-    server = SizedServer()
+    server = ScriptedServer(responder=_sized).start()
     proxy = ProxyProcess(simple_config(server.port), tmp_path)
     port = proxy.port("plain")
 
@@ -393,7 +368,7 @@ def test_a_server_connection_paused_for_a_slow_client_reads_again_when_kept(
         assert any(read_all) and not all(read_all)
     finally:
         assert proxy.stop() == 0
-        server.close()
+        server.stop()
 
 
 class PausingSink:
