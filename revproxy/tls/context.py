@@ -94,13 +94,14 @@ _NAMES_ATTRIBUTE = "_revproxy_served_names"
 
 
 class DirectSSLObject(ssl.SSLObject):
-    """An SSLObject whose `read`, `write` and `pending` are OpenSSL's own methods.
+    """An SSLObject whose methods the event loop calls are the C object's own.
 
-    `ssl.SSLObject` wraps each of them in a Python method that only passes the arguments
-    on; the event loop calls them for every TLS record, so that frame costs on every request.
-    Here they are bound straight to the C object underneath, with the same arguments,
-    results and exceptions. Everything else (the SNI callback's attributes, `context`,
-    `unwrap`, `getpeercert`) is the ordinary SSLObject.
+    `ssl.SSLObject` wraps each method of the C object in a Python method that only passes
+    the arguments on. The event loop calls `read`, `write` and `pending` for every TLS
+    record and `do_handshake`, `unwrap`, `cipher` and `compression` for every connection,
+    so here those are bound straight to the C object underneath, with the same arguments,
+    results and exceptions (`unwrap` is its `shutdown`). Everything else (the SNI
+    callback's attributes, `context`, `getpeercert`, `version`) is the ordinary SSLObject.
     """
 
     @classmethod
@@ -111,6 +112,10 @@ class DirectSSLObject(ssl.SSLObject):
             made.read = raw.read  # type: ignore[method-assign]
             made.write = raw.write  # type: ignore[method-assign]
             made.pending = raw.pending  # type: ignore[method-assign]
+            made.do_handshake = raw.do_handshake  # type: ignore[method-assign]
+            made.unwrap = raw.shutdown  # type: ignore[method-assign]
+            made.cipher = raw.cipher  # type: ignore[method-assign]
+            made.compression = raw.compression  # type: ignore[method-assign]
         return made
 
 
@@ -208,26 +213,46 @@ def _certificate_context(listener: ListenerConfig, cert: LoadedCertificate) -> s
 SniCallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], int | None]
 
 
+# SNI answers remembered per listener: clients send the same few names again and again, and
+# each handshake would otherwise normalize and look its name up anew. Cleared when full, so
+# a client sending many different names costs memory only up to this count.
+_SNI_MEMORY = 1024
+
+
 def _sni_selector(
     index: NameIndex[ssl.SSLContext],
     default: ssl.SSLContext,
     reject_unknown: bool,
     names: dict[int, tuple[str, ...]],
 ) -> SniCallback:
-    def select(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+    # server name as sent -> (normalized name, chosen context or None, the names it serves)
+    known: dict[str | None, tuple[str | None, ssl.SSLContext | None, tuple[str, ...]]] = {}
+
+    def choose(
+        server_name: str | None,
+    ) -> tuple[str | None, ssl.SSLContext | None, tuple[str, ...]]:
         name: str | None = None
         if server_name is not None:
             try:
                 name = normalize_host(server_name)
             except ValueError:
                 name = None
-        setattr(ssl_object, _SNI_ATTRIBUTE, name)
         chosen = index.lookup(name) if name is not None else None
+        return name, chosen, names[id(default if chosen is None else chosen)]
+
+    def select(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
+        answer = known.get(server_name)
+        if answer is None:
+            answer = choose(server_name)
+            if len(known) >= _SNI_MEMORY:
+                known.clear()
+            known[server_name] = answer
+        name, chosen, served = answer
+        setattr(ssl_object, _SNI_ATTRIBUTE, name)
+        setattr(ssl_object, _NAMES_ATTRIBUTE, served)
         if chosen is None:
-            setattr(ssl_object, _NAMES_ATTRIBUTE, names[id(default)])
             # RFC 6066 section 3: unrecognized_name is the alert for a name we do not serve.
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME if reject_unknown else None
-        setattr(ssl_object, _NAMES_ATTRIBUTE, names[id(chosen)])
         if chosen is not default:
             ssl_object.context = chosen
         return None

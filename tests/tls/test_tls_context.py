@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
 import shutil
@@ -28,10 +29,14 @@ from tls_testkit import (
 
 from revproxy.config.model import ListenerConfig, PoolConfig, ServerConfig
 from revproxy.tls.context import (
+    _SNI_MEMORY,
     MODERN_CIPHERS,
+    DirectSSLObject,
     build_listener_context,
     build_pool_context,
+    served_names_of,
     server_hostname,
+    sni_of,
 )
 
 MEET_NAMES = ("meet.example.test", "dialin.example.test")
@@ -252,6 +257,116 @@ def test_listener_context_settings(two_certs: tuple[IssuedCert, IssuedCert]) -> 
         assert ctx.options & option
     assert not ctx.options & ssl.OP_NO_TICKET
     assert ctx.sni_callback is not None
+
+
+def _server_object(ctx: ssl.SSLContext) -> ssl.SSLObject:
+    return ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+
+
+def test_sni_answers_stay_right_past_their_memory(
+    two_certs: tuple[IssuedCert, IssuedCert],
+) -> None:
+    """Answers are remembered per name sent; a flood of names neither grows the memory past
+    its bound nor changes what known names get, first time or remembered."""
+    ctx = build_listener_context(listener(*two_certs))
+    meet_ctx = ctx
+    callback = ctx.sni_callback
+    assert callback is not None
+    known = inspect.getclosurevars(callback).nonlocals["known"]
+
+    def select(name: str | None) -> tuple[str | None, tuple[str, ...], ssl.SSLContext, object]:
+        obj = _server_object(ctx)
+        answer = callback(obj, name, ctx)  # type: ignore[arg-type]  # None: no SNI sent
+        return sni_of(obj), served_names_of(obj), obj.context, answer
+
+    owa = select("OWA.Example.Test")
+    assert owa[:2] == ("owa.example.test", OWA_NAMES) and owa[2] is not meet_ctx
+    owa_ctx = owa[2]
+    largest = 0
+    for i in range(_SNI_MEMORY + 100):
+        assert select(f"h{i}.unknown.test") == (f"h{i}.unknown.test", MEET_NAMES, meet_ctx, None)
+        largest = max(largest, len(known))
+        if i % 300 == 0:
+            # remembered or found anew (after the memory was cleared), the same answers
+            assert select("OWA.Example.Test") == ("owa.example.test", OWA_NAMES, owa_ctx, None)
+            assert select("x.apps.example.test")[1:3] == (OWA_NAMES, owa_ctx)
+            assert select(None) == (None, MEET_NAMES, meet_ctx, None)
+            assert select("bad name!") == (None, MEET_NAMES, meet_ctx, None)
+    assert largest == _SNI_MEMORY
+    assert select("dialin.example.test") == ("dialin.example.test", MEET_NAMES, meet_ctx, None)
+
+
+def test_unknown_sni_rejected_when_remembered_too(
+    two_certs: tuple[IssuedCert, IssuedCert],
+) -> None:
+    ctx = build_listener_context(listener(*two_certs, unknown_sni="reject"))
+    callback = ctx.sni_callback
+    assert callback is not None
+    for _ in range(3):
+        assert callback(_server_object(ctx), "unknown.test", ctx) == (
+            ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        )
+        assert callback(_server_object(ctx), "owa.example.test", ctx) is None
+
+
+def _pump(source: ssl.MemoryBIO, sink: ssl.MemoryBIO) -> None:
+    data = source.read()
+    if data:
+        sink.write(data)
+
+
+def test_direct_ssl_object_end_to_end(
+    two_certs: tuple[IssuedCert, IssuedCert], root_ca: trustme.CA, tmp_path: Path
+) -> None:
+    """The listener's SSL objects call OpenSSL directly and behave as ssl.SSLObject does:
+    handshake, data both ways, want-read, pending, cipher, close_notify both ways."""
+    ca_file = tmp_path / "ca.pem"
+    root_ca.cert_pem.write_to_path(str(ca_file))
+    client_ctx = build_pool_context(pool(ca_file, server_name="owa.example.test"))
+    server_ctx = build_listener_context(listener(*two_certs))
+    assert client_ctx.sslobject_class is DirectSSLObject
+    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="owa.example.test")
+    for obj in (server, client):
+        assert type(obj) is DirectSSLObject
+        for method in ("read", "write", "pending", "do_handshake", "unwrap", "cipher"):
+            assert inspect.isbuiltin(getattr(obj, method)), method
+    done = set()
+    for _ in range(10):
+        for name, obj in (("client", client), ("server", server)):
+            try:
+                obj.do_handshake()
+                done.add(name)
+            except ssl.SSLWantReadError:
+                pass
+        _pump(c_out, s_in)
+        _pump(s_out, c_in)
+    assert done == {"client", "server"}
+    assert sni_of(server) == "owa.example.test"
+    assert served_names_of(server) == OWA_NAMES
+    assert server.cipher() == client.cipher() and server.cipher() is not None
+    assert server.compression() is None
+    assert server.version() == "TLSv1.3"
+    with pytest.raises(ssl.SSLWantReadError):
+        server.read(1024)
+    assert client.write(b"ping" * 100) == 400
+    _pump(c_out, s_in)
+    assert server.read(10) == b"pingpingpi"
+    assert server.pending() == 390
+    buffer = bytearray(1000)
+    assert server.read(1000, buffer) == 390
+    assert server.pending() == 0
+    server.write(b"pong")
+    _pump(s_out, c_in)
+    assert client.read(1024) == b"pong"
+    with pytest.raises(ssl.SSLWantReadError):
+        server.unwrap()  # close_notify sent; waiting for the client's
+    _pump(s_out, c_in)
+    assert client.read(1024) == b""  # the server's close_notify
+    client.unwrap()
+    _pump(c_out, s_in)
+    server.unwrap()  # the client's close_notify came: done, no want-read
 
 
 def test_listener_without_certificate_is_refused() -> None:
