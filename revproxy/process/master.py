@@ -405,6 +405,11 @@ class Master:
             self.control = None
         everyone |= self.control_stopping
         self._signal_workers(everyone, signal.SIGTERM)
+        # The workers close their copies of the listening sockets on the signal; ours go now
+        # too, not after the grace period: a socket still open here stays in the port's
+        # SO_REUSEPORT group, and the kernel would keep queueing connections on it that
+        # nobody accepts (a new instance on the same port would lose them).
+        self._close_listening()
         grace = self.config.global_.shutdown_grace if self.config else 30.0
         deadline = time.monotonic() + grace + 5.0
         while everyone and time.monotonic() < deadline:
@@ -419,11 +424,13 @@ class Master:
         if everyone:
             log.warning("workers still running after the grace period: killing them")
             self._signal_workers(everyone, signal.SIGKILL)
+        log.info("stopped")
+        return 0
+
+    def _close_listening(self) -> None:
         for slots in self.slots.values():
             for sock in slots.sockets:
                 sock.close()
-        log.info("stopped")
-        return 0
 
 
 def _reset_signals() -> None:

@@ -132,6 +132,40 @@ def test_sigterm_lets_the_request_in_flight_finish_with_connection_close(
         server.stop()
 
 
+def test_sigterm_stops_accepting_at_once_while_a_request_finishes(tmp_path: Path) -> None:
+    """From the stop signal on, the listening port refuses connections (so that a new
+    instance bound to it, or a client retrying, is not left waiting in an accept queue
+    nobody reads), while the request in flight still gets its answer."""
+    gate = Gate()
+    server = ScriptedServer(gate).start()
+    proxy = ProxyProcess(simple_config(server.port, workers=2), tmp_path)
+    try:
+        port = proxy.port("plain")
+        _workers(proxy, 2)
+        with connect(port) as busy:
+            busy.sendall(b"GET /hold HTTP/1.1\r\nHost: p.test\r\n\r\n")
+            wait_for(lambda: len(server.requests) == 1, 5, "the request to reach the server")
+            proxy.signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                except ConnectionRefusedError:
+                    return True
+                return False
+
+            wait_for(refused, 5, "the port to refuse connections during the graceful stop")
+            assert proxy.proc.poll() is None  # still finishing the request in flight
+            gate.release.set()
+            status, _, body = read_response(busy)
+            assert (status, body) == (200, b"done GET /hold HTTP/1.1")
+        assert proxy.proc.wait(10) == 0
+    finally:
+        gate.release.set()
+        assert proxy.stop() == 0
+        server.stop()
+
+
 class SlowBody:
     """Answers /stream with its head and half its body, then the rest once released."""
 
