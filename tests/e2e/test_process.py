@@ -44,6 +44,15 @@ def _get(port: int, path: str = "/", close: bool = True) -> tuple[int, dict[str,
     return exchange(port, f"GET {path} HTTP/1.1\r\nHost: p.test\r\n{extra}\r\n".encode())
 
 
+def _refused(port: int) -> bool:
+    """Whether a connection to the loopback port is refused (nothing listens there)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def _workers(proxy: ProxyProcess, count: int) -> list[int]:
     return wait_for(
         lambda: (pids := child_pids(proxy.proc.pid)) and len(pids) == count and pids,
@@ -146,15 +155,9 @@ def test_sigterm_stops_accepting_at_once_while_a_request_finishes(tmp_path: Path
             busy.sendall(b"GET /hold HTTP/1.1\r\nHost: p.test\r\n\r\n")
             wait_for(lambda: len(server.requests) == 1, 5, "the request to reach the server")
             proxy.signal(signal.SIGTERM)
-
-            def refused() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                except ConnectionRefusedError:
-                    return True
-                return False
-
-            wait_for(refused, 5, "the port to refuse connections during the graceful stop")
+            wait_for(
+                lambda: _refused(port), 5, "the port to refuse connections during the graceful stop"
+            )
             assert proxy.proc.poll() is None  # still finishing the request in flight
             gate.release.set()
             status, _, body = read_response(busy)
@@ -482,15 +485,8 @@ def test_reload_that_removes_a_listener_makes_its_port_refuse(tmp_path: Path) ->
         proxy.signal(signal.SIGHUP)
         wait_for(lambda: not any(process_alive(pid) for pid in old), 10, "the old workers to exit")
 
-        def refused() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", extra), timeout=2).close()
-            except ConnectionRefusedError:
-                return True
-            return False
-
         # No process listens there any more: not even the new workers inherited it.
-        wait_for(refused, 10, "the removed listener's port to refuse connections")
+        wait_for(lambda: _refused(extra), 10, "the removed listener's port to refuse connections")
         assert _get(proxy.port("plain"), "/after")[0] == 200
     finally:
         assert proxy.stop() == 0
