@@ -261,11 +261,17 @@ def _entrypoint(root: ContainerRoot, pid1: bool, as_image_user: bool = False) ->
         **image.env(),
         "REVPROXY_HEALTH_URL": f"http://127.0.0.1:{root.admin_port}/healthz",
     }
-    if pid1:
-        argv = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--mount-proc", *argv]
     user = group = None
     if as_image_user:
         user, group = _image_user()
+    if pid1:
+        unshare = [shutil.which("unshare") or "unshare", "--pid", "--fork", "--mount-proc"]
+        if user is not None:
+            # Only root may create the namespace: unshare switches to the image's user (and
+            # drops supplementary groups) inside it, as a container runtime does.
+            unshare += [f"--setuid={user}", f"--setgid={group}"]
+            user = group = None
+        argv = [*unshare, *argv]
     return RunningCommand(
         argv, root.dir / "revproxy.log", env=env, cwd=root.etc, user=user, group=group
     )
