@@ -1,5 +1,6 @@
 # revproxy: every target creates or reuses the virtual environment it needs.
-PYTHON ?= python3
+# The interpreter of the virtual environment: see scripts/choose-python.sh.
+PYTHON ?= $(shell sh scripts/choose-python.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
