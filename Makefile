@@ -1,6 +1,7 @@
 # revproxy: every target creates or reuses the virtual environment it needs.
 # The interpreter of the virtual environment: see scripts/choose-python.sh.
-PYTHON ?= $(shell sh scripts/choose-python.sh)
+HERE := $(dir $(lastword $(MAKEFILE_LIST)))
+PYTHON ?= $(shell sh $(HERE)scripts/choose-python.sh)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp

@@ -2,10 +2,12 @@
 
 It binds every listener once per worker slot with SO_REUSEPORT, so the kernel
 spreads new connections evenly over the workers, and it keeps those sockets
-open for its whole life: a worker that dies or is replaced on reload hands
-its slot to the next one without a listening socket ever closing, so no
-connection attempt is refused. The main process runs no event loop; it waits
-for signals synchronously (they are blocked and taken with sigtimedwait).
+open until it is told to stop: a worker that dies or is replaced on reload
+hands its slot to the next one without a listening socket ever closing, so no
+connection attempt is refused. On stop they close at once, so the ports
+refuse new connections while the workers finish what they have. The main
+process runs no event loop; it waits for signals synchronously (they are
+blocked and taken with sigtimedwait).
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration
 (validated first; a bad one is reported and the running one kept).

@@ -99,9 +99,11 @@ class DirectSSLObject(ssl.SSLObject):
     `ssl.SSLObject` wraps each method of the C object in a Python method that only passes
     the arguments on. The event loop calls `read`, `write` and `pending` for every TLS
     record and `do_handshake`, `unwrap`, `cipher` and `compression` for every connection,
-    so here those are bound straight to the C object underneath, with the same arguments,
-    results and exceptions (`unwrap` is its `shutdown`). Everything else (the SNI
-    callback's attributes, `context`, `getpeercert`, `version`) is the ordinary SSLObject.
+    so here those are bound straight to the C object underneath: the same results and
+    exceptions for the calls the event loop makes (`unwrap` is its `shutdown`). The C
+    methods take positional arguments only, and `read` needs its size: `read(n)` and
+    `read(n, buffer)`, never `read()` or keywords. Everything else (the SNI callback's
+    attributes, `context`, `getpeercert`, `version`) is the ordinary SSLObject.
     """
 
     @classmethod

@@ -147,14 +147,18 @@ def _image_user() -> tuple[int, int]:
     return int(uid), int(gid)
 
 
-def _pid_namespaces_work() -> str | None:
-    """None when `unshare --pid --fork --mount-proc` works here, else why not."""
+def _pid_namespaces_work(switch_user: bool = False) -> str | None:
+    """None when `unshare --pid --fork --mount-proc` works here (and switches user inside
+    the namespace, with `switch_user`), else why not."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return "unshare (util-linux) is not installed"
+    switch = [f"--setuid={os.geteuid()}", f"--setgid={os.getegid()}"] if switch_user else []
     try:
         result = subprocess.run(
-            [unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=10
+            [unshare, "--pid", "--fork", "--mount-proc", *switch, "true"],
+            capture_output=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unshare failed: {exc}"
@@ -325,7 +329,7 @@ def _the_proxy_pid(command: RunningCommand, pid1: bool) -> int:
 def test_entrypoint_serves_and_stops_on_sigterm(
     container_root: ContainerRoot, pid1: bool, as_image_user: bool
 ) -> None:
-    if pid1 and (reason := _pid_namespaces_work()):
+    if pid1 and (reason := _pid_namespaces_work(switch_user=as_image_user)):
         pytest.skip(reason)
     if as_image_user and (reason := _image_user_cannot_run()):
         pytest.skip(reason)

@@ -50,6 +50,8 @@ def _refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     except ConnectionRefusedError:
         return True
+    except OSError:
+        return False  # not an answer either way: asked again
     return False
 
 
