@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -26,10 +25,9 @@ from revproxy.http.proxyproto import (
     ProxyHeaderError,
     needed,
     parse,
-    plain_address,
 )
 from revproxy.proxy.client import ClientConnection
-from revproxy.proxy.runtime import Listener
+from revproxy.proxy.runtime import AddressSet, Listener
 
 log = logging.getLogger("revproxy.proxy")
 
@@ -59,9 +57,7 @@ class ProxyProtocolServer:
         self._sock = sock
         self._listener = listener
         self._factory = factory
-        self._allowed = tuple(
-            ipaddress.ip_network(n, strict=False) for n in listener.config.proxy_protocol_from
-        )
+        self._allowed = AddressSet(listener.config.proxy_protocol_from)
         self._reading: set[asyncio.Task[None]] = set()  # header not yet read
         self._opening: set[asyncio.Task[None]] = set()  # handed on, TLS handshake running
         self._rejected = 0
@@ -116,7 +112,7 @@ class ProxyProtocolServer:
             if len(self._reading) + len(self._opening) >= self._listener.max_connections:
                 self._reject(conn, peer, "limit", "over max_connections")
                 continue
-            if self._allowed and not self._trusted(peer):
+            if self._allowed.networks and not self._allowed.holds(peer):
                 self._reject(conn, peer, "source", "not in proxy_protocol_from")
                 continue
             task = self._loop.create_task(self._open(conn, peer))
@@ -139,13 +135,6 @@ class ProxyProtocolServer:
         self._paused = None
         if not self._closed:
             self._loop.add_reader(self._sock.fileno(), self._accept)
-
-    def _trusted(self, peer: str) -> bool:
-        try:
-            address = plain_address(peer)
-        except ValueError:
-            return False
-        return any(address in network for network in self._allowed)
 
     def _reject(self, conn: socket.socket, peer: str, reason: str, why: str) -> None:
         conn.close()

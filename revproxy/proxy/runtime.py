@@ -12,11 +12,12 @@ import ipaddress
 import logging
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
 from revproxy.http.forward import Forwarding
+from revproxy.http.proxyproto import plain_address
 from revproxy.http.rules import RuleSet, service_rules
 from revproxy.proxy.router import Router
 from revproxy.proxy.stats import WorkerStats
@@ -26,6 +27,29 @@ from revproxy.tls.context import build_listener_context, build_pool_context
 log = logging.getLogger("revproxy.proxy")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AddressSet:
+    """Addresses and networks from the configuration (trusted_proxies,
+    proxy_protocol_from), asked about a peer's address as its socket or a PROXY header
+    gives it: an IPv6 zone is dropped and an IPv4-mapped IPv6 address counts as IPv4."""
+
+    __slots__ = ("networks",)
+
+    def __init__(self, texts: Iterable[str]) -> None:
+        self.networks: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(t, strict=False) for t in texts
+        )
+
+    def holds(self, address: str) -> bool:
+        """Whether `address` is in one of the networks (False for no IP address)."""
+        if not self.networks:
+            return False
+        try:
+            ip = plain_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
 
 
 class RequestIds:
@@ -93,9 +117,7 @@ class Service:
             request_id_header=request_id_header.encode(),
             drop_underscored=not h.underscores_in_headers,
         )
-        self.trusted: tuple[IPNetwork, ...] = tuple(
-            ipaddress.ip_network(n, strict=False) for n in h.trusted_proxies
-        )
+        self.trusted = AddressSet(h.trusted_proxies)
         self.retries = config.retries
         self.retry_window = config.retry_window
         self.ntlm_pinning = config.ntlm_pinning
@@ -121,13 +143,7 @@ class Service:
         self.cookie_name = persistence.cookie_name if persistence.type == "cookie" else ""
 
     def trusts(self, ip: str) -> bool:
-        if not self.trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted)
+        return self.trusted.holds(ip)
 
 
 class Listener:

@@ -197,6 +197,31 @@ def test_only_the_listed_balancers_may_send_the_header(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_trusted_proxies_are_asked_about_the_client_the_header_names(tmp_path: Path) -> None:
+    """The client a header names is the one trusted_proxies is about: a trusted one's
+    X-Forwarded-For is extended, anyone else's replaced (also given IPv4-mapped)."""
+    server = ScriptedServer().start()
+    headers = '[services.main.headers]\ntrusted_proxies = ["198.51.100.0/24"]\n'
+    config = simple_config(
+        server.port, listener_extra="proxy_protocol = true\n", service_extra=headers
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    forged = b"GET /x HTTP/1.1\r\nHost: a.test\r\nX-Forwarded-For: 203.0.113.1\r\n\r\n"
+    try:
+        for header in (v1("198.51.100.5"), v2("::ffff:198.51.100.6"), v1("192.0.2.9")):
+            with connect(proxy.port("plain")) as sock:
+                sock.sendall(header + forged)
+                assert read_response(sock)[0] == 200
+        assert [r.header("x-forwarded-for") for r in server.requests] == [
+            "203.0.113.1, 198.51.100.5",
+            "203.0.113.1, " + str(ipaddress.ip_address("::ffff:198.51.100.6")),
+            "192.0.2.9",
+        ]
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
 def test_tls_follows_the_header_and_sni_still_picks_the_certificate(tmp_path: Path) -> None:
     ca = trustme.CA()
     certificates = [issue_cert(ca, name, tmp_path) for name in ("a.test", "b.test")]
