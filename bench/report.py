@@ -217,6 +217,7 @@ def same_load_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
         "p99 nginx",
         "p99 revproxy",
         "ratio",
+        "p99 backend alone",
     ]
     rows = []
     for name, s in scenarios.items():
@@ -224,6 +225,7 @@ def same_load_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
         if not same:
             continue
         n, r = same.get("nginx") or {}, same.get("revproxy") or {}
+        b = same.get("backend") or {}
         rows.append(
             [
                 name,
@@ -235,6 +237,7 @@ def same_load_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
                 _dur(n.get("p99_s")),
                 _dur(r.get("p99_s")),
                 _num(same["ratios"]["p99"], ".2f"),
+                _dur(b.get("p99_s")),
             ]
         )
     return _table(headers, rows) if rows else ""

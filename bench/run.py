@@ -202,8 +202,12 @@ def start_nginx(name: str, tmp: Path, conf_text: str) -> tuple[Server, Path]:
 
 def start_all(
     args: argparse.Namespace, tmp: Path, servers: list[Server]
-) -> tuple[setup_files.Ports, list[Proxy], Proxy | None]:
-    """Backend, sink and proxies, each appended to servers as soon as it is started."""
+) -> tuple[setup_files.Ports, list[Proxy], Proxy | None, Proxy]:
+    """Backend, sink and proxies, each appended to servers as soon as it is started.
+
+    Also returns the backend as a Proxy of its own (plain HTTP only): the same-load runs
+    measure it alone too, so a latency tail of its own is not taken for the proxies'.
+    """
     ports = setup_files.Ports(*(processes.free_port() for _ in range(6)))
     cert, key = setup_files.write_certificate(tmp, args.key_type)
     www = tmp / "www"
@@ -280,7 +284,8 @@ def start_all(
         )
         check_content(proxy)
         print(f"{proxy.name}: up in {waited:.1f} s (pid {proxy.server.pid})", flush=True)
-    return ports, proxies, floor
+    alone = Proxy("backend", "the backend alone, no proxy", backend, ports.backend, 0)
+    return ports, proxies, floor, alone
 
 
 def check_content(proxy: Proxy) -> None:
@@ -419,6 +424,7 @@ def run_scenarios(
     runs: list[dict[str, Any]],
     tmp: Path,
     floor: Proxy | None = None,
+    backend: Proxy | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each scenario as A, B then B, A (rounds times); keeps each proxy's best-rps run.
 
@@ -470,7 +476,7 @@ def run_scenarios(
             summary[scenario.name]["floor_ratios"] = report.compare(best.get("nginx"), kept)
         if args.same_load > 0 and len(proxies) == 2:
             summary[scenario.name]["same_load"] = same_load(
-                args, proxies, scenario, summary[scenario.name], runs, tmp
+                args, proxies, scenario, summary[scenario.name], runs, tmp, backend
             )
     return summary
 
@@ -482,11 +488,14 @@ def same_load(
     saturated: dict[str, Any],
     runs: list[dict[str, Any]],
     tmp: Path,
+    backend: Proxy | None = None,
 ) -> dict[str, Any] | None:
     """Latency of both proxies at one offered load, a share of what the slower one carried.
 
     Flat out, each proxy's latency follows from its own throughput (connections / rps);
     at the same offered load below both maxima it shows how long each makes a request wait.
+    For plain HTTP scenarios the backend is also measured alone at that load (`backend`):
+    what both proxies inherit from it, such as its own latency tail.
     """
     carried = [saturated[p.name]["rps"] for p in proxies if saturated.get(p.name)]
     if len(carried) != 2:
@@ -494,8 +503,12 @@ def same_load(
     rate = args.same_load * min(carried)
     pacing = (rate, pacing_script(tmp, scenario.connections, rate))
     paced: dict[str, dict[str, Any]] = {}
-    for i, proxy in enumerate(proxies + proxies[::-1]):
-        run = measure(proxy, scenario, args.duration, 1 + i // len(proxies), pacing)
+    order = proxies + proxies[::-1]
+    if backend is not None and scenario.scheme == "http":
+        order += [backend, backend]
+    for i, proxy in enumerate(order):
+        round_no = 1 + i // len(proxies) if i < 2 * len(proxies) else i - 2 * len(proxies) + 1
+        run = measure(proxy, scenario, args.duration, round_no, pacing)
         run["same_load"] = True
         runs.append(run)
         print(f"  {scenario.name:<16} {proxy.name:<9} {describe(run)}  at {rate:.0f} rps offered")
@@ -509,6 +522,7 @@ def same_load(
         "offered_rps": round(rate),
         "nginx": nginx,
         "revproxy": revproxy,
+        "backend": paced.get("backend"),
         "ratios": report.compare(nginx, revproxy),
     }
 
@@ -666,17 +680,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 2
     try:
         print(f"bench: temporary directory {tmp}", flush=True)
-        _, proxies, floor = start_all(args, tmp, servers)
+        _, proxies, floor, backend = start_all(args, tmp, servers)
         n_runs = 2 * args.rounds * len(proxies)
         if args.same_load > 0 and len(proxies) == 2:
-            n_runs += 4
+            n_runs += 4  # and 2 of the backend alone in each plain HTTP scenario
         estimate = len(scenarios) * n_runs * (args.duration + 0.6)
         print(
             f"bench: {len(scenarios)} scenarios x {n_runs} runs of"
             f" {args.duration:g} s (about {estimate:.0f} s), then the big transfers",
             flush=True,
         )
-        summary = run_scenarios(args, proxies, scenarios, runs, tmp, floor)
+        summary = run_scenarios(args, proxies, scenarios, runs, tmp, floor, backend)
         results["scenarios"] = summary
         if not args.no_memory:
             run_memory(args, proxies, tmp, memory)

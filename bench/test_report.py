@@ -58,6 +58,30 @@ def test_p99_target_is_judged_at_the_same_load() -> None:
     assert report.same_load_table({"1mib": scenarios["1mib"]}) == ""
 
 
+def test_same_load_table_shows_the_backend_alone_beside_the_proxies() -> None:
+    # The backend's own tail (61 ms) is shown; the target still compares the two proxies.
+    same = {
+        "offered_rps": 490,
+        "nginx": _run(489, 0.0611),
+        "revproxy": _run(488, 0.0649),
+        "backend": _run(490, 0.0612),
+        "ratios": report.compare(_run(489, 0.0611), _run(488, 0.0649)),
+    }
+    flat_out = {"nginx": _run(900, 0.04), "revproxy": _run(1400, 0.03)}
+    flat_out["ratios"] = report.compare(flat_out["nginx"], flat_out["revproxy"])
+    scenarios = {"1mib": {**flat_out, "same_load": same}}
+    lines = report.same_load_table(scenarios).splitlines()
+    assert lines[0].endswith("p99 backend alone")
+    row = next(line for line in lines if line.startswith("1mib"))
+    assert row.split()[-2:] == ["1.06", "61.20ms"]
+    by_name = {t["target"]: t for t in report.targets(scenarios, [])}
+    target = by_name["1mib: p99 ratio at the same load (490 rps) <= 1.5"]
+    assert target["value"] == pytest.approx(0.0649 / 0.0611)
+    del same["backend"]  # TLS scenarios: the backend speaks plain HTTP only
+    row = next(line for line in report.same_load_table(scenarios).splitlines() if "1mib" in line)
+    assert row.split()[-2:] == ["1.06", "-"]
+
+
 def test_cpu_table_splits_user_and_system_time_per_request() -> None:
     measured = {"ok": True, "requests": 20000, "cpu_user_s": 0.3, "cpu_system_s": 0.5}
     before_split = {"ok": True, "requests": 20000, "cpu_s": 0.8}  # a run kept from before
