@@ -28,7 +28,7 @@ from typing import Any
 import uvloop
 
 from revproxy.config.model import Config
-from revproxy.control.accesslog import AccessLog
+from revproxy.control.accesslog import SLICE, AccessLog
 from revproxy.process.shared import SharedState, apply_server_state, config_server_state
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.proxied import ProxyProtocolServer
@@ -65,6 +65,7 @@ class Reporter:
             events=self._send if links.stats is not None else None,
         )
         self.access: AccessLog | None = None
+        self._draining = False  # a slice of the access log is due on the event loop
         if config.access_log.enabled:
             try:
                 self.access = AccessLog(config.access_log)
@@ -97,8 +98,13 @@ class Reporter:
     def _report(self, runtime: Runtime, loop: asyncio.AbstractEventLoop, final: bool) -> None:
         if self.access is not None:
             entries = self.stats.take_access_log()
-            if entries:
+            if final:
                 self.access.write(entries, time.time() - loop.time())
+            elif entries:
+                self.access.add(entries, time.time() - loop.time())
+                if not self._draining:
+                    self._draining = True
+                    loop.call_soon(self._drain_access_log, loop)
         if self.links.stats is None:
             return
         snapshot = self.stats.snapshot()
@@ -124,6 +130,20 @@ class Reporter:
                 "stats": snapshot,
             }
         )
+
+    def _drain_access_log(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A slice per turn of the loop: a second's lines (thousands at full load) written
+        # at once would hold every connection of this worker up for tens of milliseconds.
+        assert self.access is not None
+        more = False
+        try:
+            more = self.access.drain(SLICE)
+        except Exception:
+            log.exception("access log: %d lines lost", self.access.discard())
+        if more:
+            loop.call_soon(self._drain_access_log, loop)
+        else:
+            self._draining = False
 
     def close(self) -> None:
         if self.access is not None:
