@@ -104,6 +104,9 @@ class ExchangeState:
         self._resp_left = 0
         self._resp_chunks: ChunkedReader | None = None
         self._dechunk = False
+        # A body that ends when the server closes goes to an HTTP/1.1 client chunked by us,
+        # so that a cut one shows as cut (no last chunk) and the connection may stay open.
+        self._rechunk = False
         self._pinned: ServerConnection | None = None
         self._trusts: dict[str, bool] = {}
         # Persistence: the Set-Cookie of the response in progress, the cookie value this

@@ -316,9 +316,17 @@ class ServerSide(ExchangeState):
                 if req.http11:
                     extra = b"Transfer-Encoding: chunked\r\n"
         self._dechunk = dechunk
+        rechunk = resp.body == UNTIL_CLOSE and req.http11 and self._replacer is None
+        if rechunk:
+            # After the server's own transfer codings, if any ("gzip" + this = "gzip, chunked").
+            extra = b"Transfer-Encoding: chunked\r\n"
+        self._rechunk = rechunk
         if self._set_cookie is not None:
             extra += self._set_cookie
-        if resp.body == UNTIL_CLOSE or (dechunk and not extra) or not self._req_done:
+        if (resp.body == UNTIL_CLOSE or dechunk) and not req.http11:
+            # An HTTP/1.0 client has no chunked coding: the body ends when we close.
+            self._close_after = True
+        elif not self._req_done:
             self._close_after = True
         elif self._draining:
             self._close_after = True
@@ -389,7 +397,11 @@ class ServerSide(ExchangeState):
             extra = used < len(data)
             done = chunks.done
         elif body == UNTIL_CLOSE:
-            self._write(head, data if replacer is None else self._replaced(replacer, data, False))
+            if replacer is not None:
+                data = self._replaced(replacer, data, False)
+            elif self._rechunk and data:
+                data = b"%x\r\n%s\r\n" % (len(data), data)
+            self._write(head, data)
             return
         else:
             self._write(head, b"")
@@ -517,9 +529,16 @@ class ServerSide(ExchangeState):
             self._bad_response("server closed the connection before answering", conn_gone=True)
             return
         if self._resp.body == UNTIL_CLOSE:
+            if exc is not None:
+                # Reset, not closed: the body may not be whole. No last chunk, and the client
+                # connection is cut (an HTTP/1.0 client cannot be told otherwise).
+                log.warning("server %s: connection lost mid-response: %s", self._server, exc)
+                self._abort()
+                return
             if self._replacer is not None:
                 self._write(b"", self._replaced(self._replacer, b"", True))
-            self._close_after = True
+            elif self._rechunk:
+                self._write(b"", b"0\r\n\r\n")
             self._finish_response()
             return
         # A body with a known end stopped short: cut the client connection so the client

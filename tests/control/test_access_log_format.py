@@ -83,9 +83,7 @@ def test_combined_escapes_what_could_break_or_forge_a_line(raw: bytes, shown: st
 
 
 def test_combined_marks_what_is_missing() -> None:
-    line = combined(
-        client_ip="", referer=None, agent=b"", bytes_out=0, upstream=-1.0, http11=False
-    )
+    line = combined(client_ip="", referer=None, agent=b"", bytes_out=0, upstream=-1.0, http11=False)
     assert line.startswith("- - - [")
     assert '" 200 - "-" "-" ' in line
     assert "HTTP/1.0" in line and "upstream=- " in line
@@ -156,9 +154,7 @@ def test_queued_entries_are_written_a_slice_at_a_time_in_order(tmp_path: Path) -
     assert log.drain(100) is True
     assert _ids(path) == [f"a{i}" for i in range(100)] and log.pending == 120
     assert log.drain(100) is True  # the rest of the first batch and 50 of the second
-    assert _ids(path)[100:] == [f"a{i}" for i in range(100, 150)] + [
-        f"b{i}" for i in range(50)
-    ]
+    assert _ids(path)[100:] == [f"a{i}" for i in range(100, 150)] + [f"b{i}" for i in range(50)]
     assert log.drain(100) is False and log.pending == 0
     assert len(_ids(path)) == 220 and _ids(path)[-1] == "b69"
     assert log.drain(100) is False and len(_ids(path)) == 220

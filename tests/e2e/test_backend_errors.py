@@ -7,6 +7,7 @@ stops short is never passed off as complete: the client connection is cut instea
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +61,19 @@ TRICKLED = (
 )
 
 
+def _reset_mid_body(req: Received, sock: socket.socket) -> None:
+    """A body delimited by closing, cut by a reset instead of a close."""
+    sock.sendall(b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\npartial body")
+    time.sleep(0.1)  # pacing: the first bytes travel on their own before the reset
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _stall_until_close_body(req: Received, sock: socket.socket) -> None:
+    sock.sendall(b"HTTP/1.1 200 OK\r\n\r\npartial body")
+    _RELEASE.wait(10)
+
+
 def _trickle(req: Received, sock: socket.socket) -> bytes:
     """Send the response a byte at a time, each in its own segment."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -110,6 +124,11 @@ ROUTES = {
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
     ),
     "/until-close": _send_and_close(b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nall of it, then EOF"),
+    "/until-close-coded": _send_and_close(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n(gzip bytes)"
+    ),
+    "/until-close-reset": _reset_mid_body,
+    "/until-close-stall": _stall_until_close_body,
     "/slow": _never_answer,
     "/stall-mid-body": _stall_mid_body,
     "/trickle": _trickle,
@@ -360,16 +379,63 @@ def test_interim_response_is_not_sent_to_an_http10_client(setup: Setup) -> None:
     assert how == "eof"
 
 
-def test_close_delimited_response_is_passed_through_then_closed(setup: Setup) -> None:
+def test_close_delimited_response_goes_chunked_to_http11_and_the_connection_stays(
+    setup: Setup,
+) -> None:
+    # The server's close ends its body; the client gets it chunked, with the last chunk
+    # written only on that clean close, and may go on with its next request.
     with connect(setup.port) as sock:
         sock.sendall(_get("/until-close"))
+        reader = ResponseReader(sock)
+        resp = reader.next()
+        assert resp.status == 200 and resp.header("x-kind") == "eof"
+        assert resp.header("transfer-encoding") == "chunked"
+        assert resp.header("connection") is None and resp.header("content-length") is None
+        assert resp.body == b"all of it, then EOF"
+        assert resp.raw.endswith(b"\r\n0\r\n\r\n")
+        sock.sendall(_get("/204"))
+        assert reader.next().status == 204
+
+
+def test_close_delimited_response_to_http10_is_passed_through_then_closed(setup: Setup) -> None:
+    with connect(setup.port) as sock:
+        sock.sendall(b"GET /until-close HTTP/1.0\r\nHost: example.test\r\n\r\n")
         data, how = read_until_closed(sock)
     assert how == "eof"
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     assert b"\r\nConnection: close" in head
-    assert b"\r\nX-Kind: eof" in head
+    assert b"\r\nX-Kind: eof" in head and b"Transfer-Encoding" not in head
     assert body == b"all of it, then EOF"
+
+
+def test_close_delimited_body_keeps_its_codings_before_chunked(setup: Setup) -> None:
+    with connect(setup.port) as sock:
+        sock.sendall(_get("/until-close-coded"))
+        data, how = read_until_closed(sock, 3.0)
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = [line.lower() for line in head.split(b"\r\n")[1:]]
+    codings = [f.split(b":", 1)[1].strip() for f in fields if f.startswith(b"transfer-encoding:")]
+    assert codings == [b"gzip", b"chunked"], head
+    assert body == b"c\r\n(gzip bytes)\r\n0\r\n\r\n"
+    assert how == "open"
+
+
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [("/until-close-reset", "example.test"), ("/until-close-stall", "slow-body.test")],
+)
+def test_close_delimited_body_cut_short_has_no_last_chunk(
+    setup: Setup, path: str, host: str
+) -> None:
+    # A reset, or the server body idle timeout, is not the close that ends such a body.
+    with connect(setup.port) as sock:
+        sock.sendall(_get(path, host))
+        data, how = read_until_closed(sock)
+    assert how in ("eof", "reset")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head
+    assert body == b"c\r\npartial body\r\n", data
 
 
 def test_slow_response_head_is_504(setup: Setup) -> None:

@@ -23,6 +23,7 @@ from harness import (
     connect,
     dead_port,
     http_call,
+    read_until_closed,
     simple_config,
     wait_for,
 )
@@ -149,6 +150,28 @@ def test_cookie_persistence_sticks_and_redispatches(
         status, body, cookies, _ = _get(port, cookie=f"SRV={value}")
         assert (status, body) == (200, other_name)
         assert cookies == [f"SRV={new_value}; Path=/; HttpOnly"]
+    finally:
+        assert proxy.stop() == 0
+
+
+def test_cookie_with_a_dechunked_body_to_http10_still_ends_by_closing(
+    tmp_path: Path, servers: list[ScriptedServer]
+) -> None:
+    # An HTTP/1.0 client asking for keep-alive gets a chunked response decoded: with no
+    # length to give, the body must end by closing, Set-Cookie or not.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    a = ScriptedServer(lambda req, sock: chunked).start()
+    servers.append(a)
+    pool = '[pools.p.persistence]\ntype = "cookie"\ncookie_name = "SRV"\n'
+    proxy = _proxy(tmp_path, simple_config(0, servers=[a.port], pool_extra=pool))
+    try:
+        with connect(proxy.port("plain")) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: pools.test\r\nConnection: keep-alive\r\n\r\n")
+            data, how = read_until_closed(sock)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert how == "eof" and body == b"hello", data
+        assert b"\r\nSet-Cookie: SRV=" in head and b"\r\nConnection: close" in head
+        assert b"Transfer-Encoding" not in head and b"Content-Length" not in head
     finally:
         assert proxy.stop() == 0
 
