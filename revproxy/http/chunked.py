@@ -14,6 +14,7 @@ from typing import Final
 from revproxy.http.head import _FIELD, _TOKEN
 
 _QUOTED = rb'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*"'
+MAX_CHUNK_SIZE: Final = (1 << 62) - 1  # far beyond any body; well inside a signed int64
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF
 # chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS val ] )
 _SIZE_LINE = re.compile(
@@ -113,6 +114,10 @@ class ChunkedReader:
         if m is None:
             raise ChunkError("invalid chunk size line")
         size = int(m.group(1), 16)
+        if size > MAX_CHUNK_SIZE:
+            # Passed on as sent, a size a server reads as a signed 64-bit number could be
+            # negative there (nginx and Apache refuse the same).
+            raise ChunkError("chunk size too large")
         if size:
             self._remaining = size
             self._state = _DATA

@@ -70,7 +70,12 @@ def _drop_set(tokens: frozenset[bytes]) -> frozenset[bytes]:
 
 # Request fields that are not simply copied: hop-by-hop ones and the forwarding fields the
 # proxy sets itself (and Host, when the target is in absolute form).
-_REQUEST_SPECIAL = HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_REQUEST_SPECIAL = HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"expect",
+}
 
 
 def request_head(
@@ -91,6 +96,7 @@ def request_head(
         (_EXTEND_XFF if extend_xff else 0)
         | (_ABSOLUTE if absolute is not None else 0)
         | (_REQUEST_ID if request_id else 0)
+        | (0 if req.http11 else _HTTP10)
     )
     block = req.block
     if block is not None and block.copied_for is fwd and block.copied_options == options:
@@ -132,6 +138,7 @@ def request_head(
 _EXTEND_XFF: Final = 1
 _ABSOLUTE: Final = 2  # absolute-form target: its authority replaces Host
 _REQUEST_ID: Final = 4  # a request id is sent (under fwd.request_id_header)
+_HTTP10: Final = 8  # an HTTP/1.0 request, forwarded as 1.1: its Expect is not passed on
 
 
 def _copied_fields(req: Request, fwd: Forwarding, options: int) -> tuple[bytes, list[bytes]]:
@@ -165,6 +172,10 @@ def _copied_fields(req: Request, fwd: Forwarding, options: int) -> tuple[bytes, 
             if lname == b"x-forwarded-host" and fwd.x_forwarded_host:
                 continue
         elif lname == b"host" and absolute:
+            continue
+        elif lname == b"expect" and options & _HTTP10:
+            # RFC 9110 §10.1.1: a server ignores 100-continue in an HTTP/1.0 request; sent
+            # on as HTTP/1.1 it would be acted on, for a client that takes no 100.
             continue
         append(line)
     if out:

@@ -53,6 +53,27 @@ _VALID_HOSTS: set[bytes] = set()
 _SEPARATOR = rb"(?:/|\\|%2[Ff]|%5[Cc])"
 DOT_SEGMENT = re.compile(_SEPARATOR + rb"(?:\.|%2[Ee]){1,2}(?:" + _SEPARATOR + rb"|$)")
 _DOT, _PERCENT, _BACKSLASH = ord("."), ord("%"), ord("\\")  # byte values: faster lookups
+_HASH = ord("#")
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_SLASHES = re.compile(rb"//+")
+
+
+def _unescape_unreserved(m: re.Match[bytes]) -> bytes:
+    byte = int(m.group(1), 16)
+    return bytes((byte,)) if byte in _UNRESERVED else m.group(0)
+
+
+def routing_path(path: bytes) -> bytes:
+    """The path as services and rules are chosen by: escaped unreserved characters decoded
+    and runs of slashes taken as one, as servers read them (/%61dmin and //admin are /admin,
+    and must not pass by the service or rule that /admin has)."""
+    if _PERCENT in path:
+        path = _ESCAPE.sub(_unescape_unreserved, path)
+    if b"//" in path:
+        path = _SLASHES.sub(b"/", path)
+    return path
+
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, value, raw line)
 
@@ -503,6 +524,10 @@ def _request_target(method: bytes, target: bytes, http11: bool) -> _RequestLine:
         path = b"*"
     else:
         raise HttpError(400, "invalid request target")
+    if _HASH in target:
+        # RFC 9112 §3.2: a request target has no fragment; servers would cut it off, and the
+        # path the proxy routed by would not be the one they serve.
+        raise HttpError(400, "fragment in request target")
     if _BACKSLASH in path:
         # Not a URI character (RFC 3986 §2); IIS reads it as "/", so "/a/..\b" would climb
         # out of the prefix "/a" on the server while the proxy routed it by "/a".

@@ -32,7 +32,7 @@ from http import HTTPStatus
 
 from revproxy.config.model import RuleConfig, ServiceConfig
 from revproxy.config.rules import GROUP, LITERAL, Part, compile_regex, parse_substitution
-from revproxy.http.head import DOT_SEGMENT
+from revproxy.http.head import DOT_SEGMENT, routing_path
 
 Header = tuple[bytes, bytes, bytes]  # (lower-case name, value, raw line), as http/head.py
 HeaderLookup = Callable[[bytes], bytes | None]
@@ -45,8 +45,6 @@ PREFIX, EXACT, REGEX = 0, 1, 2
 _PATH_KINDS = {"prefix": PREFIX, "exact": EXACT, "regex": REGEX}
 
 # RFC 3986 §2.3, §6.2.2.2: percent-encoded unreserved characters equal the characters.
-_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _VALID_TARGET = re.compile(rb"/[\x21-\x7e]*")
 # Fields a changed body makes wrong: its length, its strong validator, byte ranges of it.
 _STALE_WHEN_REPLACED = frozenset({b"content-length", b"etag", b"accept-ranges", b"content-md5"})
@@ -366,8 +364,7 @@ class RuleSet:
         if lower_host[:1] == b"[":
             lower_host = lower_host[1:-1]  # IPv6 literal, as configured without brackets
         path, _, query = target.partition(b"?")
-        if b"%" in path:
-            path = _ESCAPE.sub(_unescape_unreserved, path)
+        path = routing_path(path)
         current = target
         request_ops: list[HeaderOp] = []
         response_ops: list[HeaderOp] = []
@@ -507,11 +504,6 @@ def _valid_target(target: bytes) -> bool:
         and b"\\" not in path
         and DOT_SEGMENT.search(path) is None
     )
-
-
-def _unescape_unreserved(m: re.Match[bytes]) -> bytes:
-    byte = int(m.group(1), 16)
-    return bytes((byte,)) if byte in _UNRESERVED else m.group(0)
 
 
 def _host_without_port(host: bytes) -> bytes:

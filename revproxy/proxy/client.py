@@ -26,6 +26,7 @@ from revproxy.http.head import (
     NO_BODY,
     Request,
     parse_request,
+    routing_path,
 )
 from revproxy.http.rules import Answer, HeaderOp
 from revproxy.proxy.exchange import (
@@ -45,6 +46,7 @@ from revproxy.proxy.serverside import ServerSide
 from revproxy.proxy.upstream import WRITE_HIGH, WRITE_LOW
 from revproxy.tls.context import served_names_of, sni_host_mismatch, sni_of
 
+_EMPTY_LINE = b"\r\n"  # the bytes of empty lines a request may be preceded by
 _FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 
 
@@ -133,15 +135,17 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             self._send_up(data)
             return
         if phase == HEAD:
-            if not self._buf:
-                # The header deadline runs from the first byte of a request.
+            if not self._buf and (data[0] not in _EMPTY_LINE or data.strip(b"\r\n")):
+                # The header deadline runs from the first byte of a request (empty lines
+                # before it do not count: they must not keep a connection open).
                 self._active = now = self._loop.time()
                 head, sep, rest = data.partition(b"\r\n\r\n")
-                if sep and not rest and head and not head.startswith(b"\r\n"):
+                if sep and not rest and head and not self._client_write_paused:
                     # The usual case: one whole request head and nothing more. Starting
                     # the exchange arms its own deadline.
-                    self._request(head, len(head), now)
-                    return
+                    if head[0] not in _EMPTY_LINE:
+                        self._request(head, len(head), now)
+                        return
                 self._arm_at(now + self._listener.t_header)
             self._buf += data
             self._read_heads()
@@ -193,11 +197,30 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         self._client_write_paused = False
         if self._up is not None and self._up.transport is not None:
             self._up.transport.resume_reading()
+        if self._phase == HEAD and self._buf:
+            # Requests waited for the client to take the answers before them.
+            self._read_heads()
 
     def _read_heads(self) -> None:
+        self._take_heads()
+        phase = self._phase
+        if phase == CLOSED:
+            return
+        if phase == HEAD:
+            # Answers the proxy gives itself (redirects, rule responses) wait for a client
+            # that does not read them; what it sends meanwhile waits in the kernel.
+            hold = self._client_write_paused and bool(self._buf)
+        else:
+            # Pipelined bytes beyond one head's worth wait unread in the kernel, not here.
+            hold = len(self._buf) > self._listener.max_header_bytes
+        if hold or self._pause & P_PIPELINE:
+            self._set_pause(P_PIPELINE, hold)
+
+    def _take_heads(self) -> None:
+        """Start the exchange of each whole request head in the buffer, one at a time."""
         buf = self._buf
         lst = self._listener
-        while self._phase == HEAD and buf:
+        while self._phase == HEAD and buf and not self._client_write_paused:
             # RFC 9112 §2.2: empty lines before a request line are ignored.
             while buf.startswith(b"\r\n"):
                 del buf[:2]
@@ -247,7 +270,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
 
     def _route(self, req: Request) -> Service:
         # OPTIONS * asks about the server as a whole: it goes where "/" would go.
-        path = req.path if req.path != b"*" else b"/"
+        path = routing_path(req.path) if req.path != b"*" else b"/"
         svc, host_known = self._listener.router.route(req.host, path)
         if svc is None:
             raise HttpError(404 if host_known else 421, "no service for this request")

@@ -212,7 +212,7 @@ class ExchangeState:
         if self._phase == CLOSED:
             return
         now = self._loop.time()
-        if self._client_write_paused and self._phase in (EXCHANGE, TUNNEL):
+        if self._client_write_paused:
             # A slow reader: time runs against the client only while nothing drains.
             size = self._transport.get_write_buffer_size()  # type: ignore[union-attr]
             if size != self._progress:
@@ -259,11 +259,26 @@ class ExchangeState:
         elif phase == TUNNEL:
             stats.timed_out("tunnel")
             self._close()
+        elif self._client_write_paused:
+            # The client takes nothing of what it was sent (this response, or one before
+            # it): the server is not to blame for the time that cost.
+            log.info("client %s: not reading its responses; connection cut", self._ip_str)
+            stats.timed_out("client_send")
+            self._abort()
         elif self._resp is not None:
             log.info("client %s: response body idle timeout", self._ip_str)
             stats.timed_out("server_body")
             self._abort()
         elif not self._req_done and self._connecting is None and self._up is not None:
+            if self._pause & P_UPSTREAM:
+                # The request body waits for the server to read it, not for the client.
+                log.warning("server %s: does not read the request body", self._server)
+                stats.timed_out("server_send")
+                svc, server = self._svc, self._server
+                if svc is not None and server is not None:
+                    self._stats.server_failed(svc.pool.name, server.name, "timeout")
+                self._fail(504)
+                return
             log.info("client %s: request body idle timeout", self._ip_str)
             stats.timed_out("client_body")
             self._fail(408)
@@ -340,13 +355,50 @@ class ExchangeState:
                 self._pause = 0
                 transport.resume_reading()
             transport.write_eof()
-            self._loop.call_later(LINGER, transport.close)
+            self._loop.call_later(LINGER, self._close_transport)
         else:
-            transport.close()
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close once what was written is sent; cut a client that stops taking it."""
+        transport = self._transport
+        assert transport is not None
+        transport.close()
+        size = transport.get_write_buffer_size()
+        if size:
+            self._progress = size
+            self._watch_closing()
+
+    def _watch_closing(self) -> None:
+        # The event loop would wait for a client that never reads for ever: it gets the
+        # server body idle time (as while a response streams) to take something.
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+        svc = self._last_svc
+        idle = svc.t_server_body if svc is not None else self._listener.t_header
+        self._timer = self._loop.call_later(idle, self._closing_timer)
+        self._timer_at = self._loop.time() + idle
+
+    def _closing_timer(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        size = transport.get_write_buffer_size()
+        if not size:
+            return
+        if size == self._progress:
+            log.info("client %s: not reading; connection cut while closing", self._ip_str)
+            self._stats.timed_out("client_send")
+            transport.abort()
+            return
+        self._progress = size
+        self._watch_closing()
 
     def _abort(self) -> None:
         self._abort_exchange()
-        if self._phase != CLOSED:
-            self._phase = CLOSED
-            if self._transport is not None:
-                self._transport.abort()
+        # Also when already closing: the transport may still be waiting to send.
+        self._phase = CLOSED
+        if self._transport is not None:
+            self._transport.abort()

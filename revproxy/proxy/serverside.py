@@ -488,14 +488,14 @@ class ServerSide(ExchangeState):
             self._close()
             return
         self._phase = HEAD
-        if self._pause & P_PIPELINE:
-            self._set_pause(P_PIPELINE, False)
         self._active = now
         # The header deadline is the shorter one and starts with the next request's first
         # byte; arming it now spares a timer reschedule on every request.
         self._arm_at(now + min(self._phase_timeout(), self._listener.t_header))
         if self._buf:
-            self._read_heads()
+            self._read_heads()  # which also says whether reading stays paused
+        elif self._pause & P_PIPELINE:
+            self._set_pause(P_PIPELINE, False)
 
     def _pin(self, conn: ServerConnection) -> None:
         """Tie `conn` to this client connection (one at a time: a former one is closed)."""

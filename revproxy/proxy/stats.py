@@ -185,8 +185,9 @@ class WorkerStats:
         self.retries[key] = self.retries.get(key, 0) + 1
 
     def timed_out(self, kind: str) -> None:
-        """A timeout fired: "client_header", "client_body", "server_connect",
-        "server_response", "server_body", "keepalive", "tunnel"."""
+        """A timeout fired: "client_header", "client_body", "client_send" (a client that
+        does not read), "server_connect", "server_send" (a server that does not read the
+        request body), "server_response", "server_body", "keepalive", "tunnel"."""
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
     def tls_handshake_failed(self, listener: str) -> None:

@@ -232,6 +232,18 @@ pool = "main"
   replace_body = {{ pattern = 'http://lync\\.internal', replace = 'https://lync.contoso.com' }}
   replace_max_bytes = {limit}
 
+[services.guard-open]
+hosts = ["guard.test"]
+pool = "main"
+
+[services.guard-admin]
+hosts = ["guard.test"]
+paths = ["/admin"]
+pool = "silent"
+
+  [[services.guard-admin.rules]]
+  respond = {{ status = 403, body = "denied\\n" }}
+
 [pools.main]
 servers = ["127.0.0.1:{main}"]
 
@@ -640,3 +652,18 @@ servers = ["127.0.0.1:8080"]
     assert f"{path}: services.lync.rules[0].rewrite.pattern: is not a valid regular expression" in (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "target", ["/admin/x", "/%61dmin/x", "/adm%69n", "//admin/x", "/%2561", "/admin//x"]
+)
+def test_spellings_of_a_path_reach_its_service_and_rules(setup: Setup, target: str) -> None:
+    # Escaped unreserved characters and doubled slashes are read by servers as the plain
+    # path: such a spelling must not slip past the service (and its rules) of /admin.
+    resp = _one(setup, _get("guard.test", target))
+    if target == "/%2561":
+        assert resp.status == 200, resp.raw  # "%25" is "%", not unreserved: stays "/%2561"
+        assert setup.received(b"GET /%2561 ")
+        return
+    assert resp.status == 403 and resp.body == b"denied\n", resp.raw
+    assert not setup.received(target.encode())

@@ -39,6 +39,10 @@ VALID: list[tuple[str, bytes, bytes]] = [
 # (id, encoded body) that must raise ChunkError
 INVALID: list[tuple[str, bytes]] = [
     ("data-not-followed-by-crlf", b"5\r\nhelloX\r\n0\r\n\r\n"),
+    # Sizes a server reading a signed 64-bit number would take as negative.
+    ("size-2-64-minus-1", b"ffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
+    ("size-2-63", b"8000000000000000\r\nhello\r\n0\r\n\r\n"),
+    ("size-2-62", b"4000000000000000\r\nhello\r\n0\r\n\r\n"),
     ("data-too-long", b"3\r\nhello\r\n0\r\n\r\n"),
     ("data-followed-by-lf", b"5\r\nhello\n0\r\n\r\n"),
     ("data-followed-by-cr-only", b"5\r\nhello\r0\r\n\r\n"),

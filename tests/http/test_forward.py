@@ -316,6 +316,23 @@ REQUESTS: list[RequestCase] = [
         sent(b"GET / HTTP/1.1", b"Host:"),
     ),
     (
+        # RFC 9110 §10.1.1: 100-continue means nothing in HTTP/1.0; forwarded as 1.1 it would.
+        "expect-from-http10-not-passed-on",
+        head(b"POST / HTTP/1.0", b"Host: a", b"Expect: 100-continue", b"Content-Length: 1"),
+        NONE,
+        False,
+        b"http",
+        sent(b"POST / HTTP/1.1", b"Host: a", b"Content-Length: 1"),
+    ),
+    (
+        "expect-from-http11-passed-on",
+        head(b"POST / HTTP/1.1", b"Host: a", b"Expect: 100-continue", b"Content-Length: 1"),
+        NONE,
+        False,
+        b"http",
+        sent(b"POST / HTTP/1.1", b"Host: a", b"Expect: 100-continue", b"Content-Length: 1"),
+    ),
+    (
         "via",
         head(b"GET / HTTP/1.1", b"Host: a", b"Via: 1.0 upstream"),
         VIA,

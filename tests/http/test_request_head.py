@@ -12,7 +12,7 @@ import pytest
 
 from revproxy.http import head as head_module
 from revproxy.http.errors import HttpError
-from revproxy.http.head import CHUNKED, LENGTH, NO_BODY, parse_request
+from revproxy.http.head import CHUNKED, LENGTH, NO_BODY, parse_request, routing_path
 
 H = b"Host: example.com"
 
@@ -286,6 +286,10 @@ INVALID: list[Case] = [
     ("pct-dot", head(b"GET /a/%2e/b HTTP/1.1", H), 400),
     # IIS takes "\" (and "%5C") for "/"; servers that decode "%2F" first see a separator too.
     ("backslash", head(b"GET /a\\b HTTP/1.1", H), 400),
+    # RFC 9112 §3.2: no fragment in a request target; /admin#x would be routed by "/admin#x".
+    ("fragment", head(b"GET /admin#x HTTP/1.1", H), 400),
+    ("fragment-in-query", head(b"GET /a?b#c HTTP/1.1", H), 400),
+    ("fragment-absolute-form", head(b"GET http://a.example/a#b HTTP/1.1", H), 400),
     ("backslash-dot-dot", head(b"GET /a/..\\b HTTP/1.1", H), 400),
     ("backslash-absolute-form", head(b"GET http://a.example/a\\b HTTP/1.1", H), 400),
     ("pct-slash-dot-dot", head(b"GET /a%2F..%2Fb HTTP/1.1", H), 400),
@@ -538,3 +542,18 @@ def test_long_invalid_line_is_rejected_in_linear_time(line: bytes) -> None:
     start = time.perf_counter()
     check(head(b"GET / HTTP/1.1", H, line), 400)
     assert time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize(
+    ("path", "routed"),
+    [
+        (b"/admin/x", b"/admin/x"),
+        (b"/%61dmin/%7Ex%2dy", b"/admin/~x-y"),
+        (b"/a%2Fb%25%20c", b"/a%2Fb%25%20c"),  # reserved, "%" and space stay escaped
+        (b"//admin///x/", b"/admin/x/"),
+        (b"/%2F/a", b"/%2F/a"),
+        (b"/", b"/"),
+    ],
+)
+def test_routing_path(path: bytes, routed: bytes) -> None:
+    assert routing_path(path) == routed
