@@ -51,7 +51,10 @@ _VALID_HOSTS: set[bytes] = set()
 # decode "%2F" before normalizing, and Windows servers (IIS), which also take "\" and "%5C"
 # for "/", see a dot-segment between any of those separators.
 _SEPARATOR = rb"(?:/|\\|%2[Ff]|%5[Cc])"
-DOT_SEGMENT = re.compile(_SEPARATOR + rb"(?:\.|%2[Ee]){1,2}(?:" + _SEPARATOR + rb"|$)")
+# Java servers (Tomcat, Jetty) drop ";parameters" from a segment first: "/..;x/" is "/../".
+DOT_SEGMENT = re.compile(
+    _SEPARATOR + rb"(?:\.|%2[Ee]){1,2}(?:(?:;|%3[Bb])[^/\\]*)?(?:" + _SEPARATOR + rb"|$)"
+)
 _DOT, _PERCENT, _BACKSLASH = ord("."), ord("%"), ord("\\")  # byte values: faster lookups
 _HASH = ord("#")
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")

@@ -242,10 +242,16 @@ class ServerSide(ExchangeState):
         if self._resp is not None:
             self._response_body(data, b"")
             return
-        if self._resp_buf:
-            self._resp_buf += data
-            data = bytes(self._resp_buf)
-            self._resp_buf.clear()
+        buf = self._resp_buf
+        if buf:
+            seen = len(buf)
+            buf += data
+            if buf.find(b"\r\n\r\n", max(0, seen - 3)) < 0 and len(buf) <= MAX_RESPONSE_HEAD:
+                # Still no end of the head: wait for more without copying what came so far
+                # (a head trickled in small pieces would cost quadratic time).
+                return
+            data = bytes(buf)
+            buf.clear()
         self._response_heads(data)
 
     def _response_heads(self, data: bytes) -> None:

@@ -95,6 +95,7 @@ VALID: list[Case] = [
     ("no-underscored-field", head(b"GET / HTTP/1.1", H, b"X-Real-IP: 1"), {"underscored": False}),
     ("encoded-separators-no-dots", head(b"GET /a%5Cb%2Fc HTTP/1.1", H), {"path": b"/a%5Cb%2Fc"}),
     ("backslash-in-query", head(b"GET /a?x=..\\y HTTP/1.1", H), {"path": b"/a"}),
+    ("parameters-not-dots", head(b"GET /a/b;x/..c HTTP/1.1", H), {"path": b"/a/b;x/..c"}),
     ("dots-after-encoded-separator", head(b"GET /a%2F...b HTTP/1.1", H), {"path": b"/a%2F...b"}),
     # Versions and persistence, RFC 9112 §9.3.
     ("http10-default-close", head(b"GET / HTTP/1.0"), {"keep_alive": False, "http11": False}),
@@ -286,6 +287,11 @@ INVALID: list[Case] = [
     ("pct-dot", head(b"GET /a/%2e/b HTTP/1.1", H), 400),
     # IIS takes "\" (and "%5C") for "/"; servers that decode "%2F" first see a separator too.
     ("backslash", head(b"GET /a\\b HTTP/1.1", H), 400),
+    # Tomcat and Jetty drop ";parameters" before resolving "..": "/pub/..;/admin" is "/admin".
+    ("dot-dot-parameter", head(b"GET /pub/..;/admin HTTP/1.1", H), 400),
+    ("dot-dot-parameter-value", head(b"GET /pub/..;jsessionid=1/admin HTTP/1.1", H), 400),
+    ("dot-dot-parameter-escaped", head(b"GET /pub/..%3Bx/admin HTTP/1.1", H), 400),
+    ("dot-parameter-end", head(b"GET /pub/.;x HTTP/1.1", H), 400),
     # RFC 9112 §3.2: no fragment in a request target; /admin#x would be routed by "/admin#x".
     ("fragment", head(b"GET /admin#x HTTP/1.1", H), 400),
     ("fragment-in-query", head(b"GET /a?b#c HTTP/1.1", H), 400),
