@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import Any, Final
 
 from revproxy.balance.pool import Server
@@ -41,6 +43,7 @@ P_PIPELINE: Final = 2  # pipelined bytes are waiting for the current exchange
 P_PENDING: Final = 4  # request bytes are waiting for a server connection to open
 
 RATE_WINDOW: Final = 10.0  # seconds over which client_body_min_rate is averaged
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close sends a reset
 LINGER: Final = 2.0  # seconds unread client bytes are drained after an early close
 DRAIN_LINGER: Final = 1.0  # seconds an idle keep-alive connection stays open once draining
 REPLAY_LIMIT: Final = 64 * 1024  # request bytes kept to resend on a fresh connection
@@ -365,7 +368,7 @@ class ExchangeState:
         assert transport is not None
         transport.close()
         size = transport.get_write_buffer_size()
-        if size:
+        if size and self in self._registry:  # (not when the connection is already gone)
             self._progress = size
             self._watch_closing()
 
@@ -397,8 +400,18 @@ class ExchangeState:
         self._watch_closing()
 
     def _abort(self) -> None:
+        """Cut the client connection: what is unsent is dropped and the client gets a reset,
+        the one way to tell it that a response it got part of is not whole (a close would
+        end a body delimited by closing as if it were)."""
         self._abort_exchange()
         # Also when already closing: the transport may still be waiting to send.
         self._phase = CLOSED
-        if self._transport is not None:
-            self._transport.abort()
+        transport = self._transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                except OSError:
+                    pass
+            transport.abort()

@@ -186,8 +186,8 @@ class WorkerStats:
 
     def timed_out(self, kind: str) -> None:
         """A timeout fired: "client_header", "client_body", "client_send" (a client that
-        does not read), "server_connect", "server_send" (a server that does not read the
-        request body), "server_response", "server_body", "keepalive", "tunnel"."""
+        does not read), "server_send" (a server that does not read the request body),
+        "server_response", "server_body", "keepalive", "tunnel"."""
         self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
     def tls_handshake_failed(self, listener: str) -> None:

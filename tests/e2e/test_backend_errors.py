@@ -438,6 +438,21 @@ def test_close_delimited_body_cut_short_has_no_last_chunk(
     assert body == b"c\r\npartial body\r\n", data
 
 
+@pytest.mark.parametrize(
+    ("path", "host"),
+    [("/until-close-reset", "example.test"), ("/until-close-stall", "slow-body.test")],
+)
+def test_close_delimited_body_cut_short_resets_an_http10_client(
+    setup: Setup, path: str, host: str
+) -> None:
+    # Without chunked coding only a reset tells the client the body is not whole.
+    with connect(setup.port) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data, how = read_until_closed(sock)
+    assert how == "reset", data
+    assert b"Transfer-Encoding" not in data
+
+
 def test_slow_response_head_is_504(setup: Setup) -> None:
     start = time.monotonic()
     status, raw, how = _one(setup, _get("/slow", "slow.test"))
