@@ -246,7 +246,12 @@ class ServerSide(ExchangeState):
         if buf:
             seen = len(buf)
             buf += data
-            if buf.find(b"\r\n\r\n", max(0, seen - 3)) < 0 and len(buf) <= MAX_RESPONSE_HEAD:
+            start = max(0, seen - 3)
+            if (
+                buf.find(b"\r\n\r\n", start) < 0
+                and buf.find(b"\n\n", start) < 0
+                and len(buf) <= MAX_RESPONSE_HEAD
+            ):
                 # Still no end of the head: wait for more without copying what came so far
                 # (a head trickled in small pieces would cost quadratic time).
                 return
@@ -264,6 +269,10 @@ class ServerSide(ExchangeState):
             if not sep or len(head) > MAX_RESPONSE_HEAD:
                 if len(rest) > MAX_RESPONSE_HEAD:
                     self._bad_response("response head too large")
+                elif b"\n\n" in rest:
+                    # Lines ended by LF alone (RFC 9112 §2.2 lets us refuse them): said now,
+                    # rather than waiting for a CRLF CRLF that is not coming.
+                    self._bad_response("response head with lines ended by LF alone")
                 else:
                     self._resp_buf += rest
                 return

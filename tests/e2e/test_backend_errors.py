@@ -74,6 +74,16 @@ def _stall_until_close_body(req: Received, sock: socket.socket) -> None:
     _RELEASE.wait(10)
 
 
+def _in_pieces(first: bytes, rest: bytes):  # type: ignore[no-untyped-def]
+    def respond(req: Received, sock: socket.socket) -> bytes:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(first)
+        time.sleep(0.05)  # pacing: the first piece arrives on its own
+        return rest
+
+    return respond
+
+
 def _trickle(req: Received, sock: socket.socket) -> bytes:
     """Send the response a byte at a time, each in its own segment."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -139,6 +149,8 @@ ROUTES = {
     ),
     "/status-99": _send_and_close(b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n"),
     "/status-http2": _send_and_close(b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n"),
+    "/bare-lf": _fixed(b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello"),
+    "/bare-lf-in-pieces": _in_pieces(b"HTTP/1.1 200 OK\nContent-Length: 5\n", b"\nhello"),
     "/resp-obs-fold": _fixed(b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n"),
 }
 
@@ -264,6 +276,8 @@ def test_refused_server_is_skipped_for_a_live_one(setup: Setup) -> None:
         "/status-99",
         "/status-http2",
         "/resp-obs-fold",
+        "/bare-lf",
+        "/bare-lf-in-pieces",
     ],
 )
 def test_broken_response_head_is_502(setup: Setup, path: str) -> None:
