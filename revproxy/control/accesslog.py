@@ -180,6 +180,8 @@ class AccessLog:
         # Batches handed over and not yet written; _done entries of the first one are.
         self._pending: deque[tuple[list[AccessEntry], float]] = deque()
         self._done = 0
+        self._lost = 0  # lines that could not be written, told once a second
+        self._lost_why = ""
         if config.path in ("", "-"):
             self._fd = 1
             self._own = False
@@ -255,9 +257,21 @@ class AccessLog:
                 written = os.write(self._fd, data)
                 data = data[written:]
         except BlockingIOError:
-            pass  # a non-blocking output that is full: drop the rest rather than stall
-        except OSError:
-            pass
+            # A non-blocking output (a pipe) that is full: the rest is dropped rather than
+            # hold up the event loop, and counted.
+            self._lose(data, "its output is full")
+        except OSError as exc:
+            self._lose(data, exc.strerror or str(exc))
+
+    def _lose(self, data: bytes, why: str) -> None:
+        self._lost += data.count(b"\n")
+        self._lost_why = why
+
+    def take_lost(self) -> tuple[int, str]:
+        """How many lines could not be written since the last call, and the last reason."""
+        lost, why = self._lost, self._lost_why
+        self._lost, self._lost_why = 0, ""
+        return lost, why
 
     def close(self) -> None:
         """Write what is still queued, then close the file."""

@@ -97,6 +97,9 @@ class Reporter:
 
     def _report(self, runtime: Runtime, loop: asyncio.AbstractEventLoop, final: bool) -> None:
         if self.access is not None:
+            lost, why = self.access.take_lost()
+            if lost:
+                log.warning("access log: %d lines could not be written: %s", lost, why)
             entries = self.stats.take_access_log()
             if final:
                 self.access.write(entries, time.time() - loop.time())

@@ -181,3 +181,14 @@ def test_discard_drops_the_queue_and_says_how_much(tmp_path: Path) -> None:
     assert log.discard() == 20 and log.pending == 0
     assert log.drain() is False and len(path.read_text().splitlines()) == 10
     log.close()
+
+
+def test_lines_that_cannot_be_written_are_counted(tmp_path: Path) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here to fail writes with ENOSPC")
+    log = AccessLog(AccessLogConfig(path="/dev/full"))
+    log.write([entry() for _ in range(3)], WALL)
+    lost, why = log.take_lost()
+    assert lost == 3 and why
+    assert log.take_lost() == (0, "")
+    log.close()
