@@ -275,23 +275,22 @@ class ExchangeState:
         elif not self._req_done and self._connecting is None and self._up is not None:
             if self._pause & P_UPSTREAM:
                 # The request body waits for the server to read it, not for the client.
-                log.warning("server %s: does not read the request body", self._server)
-                stats.timed_out("server_send")
-                svc, server = self._svc, self._server
-                if svc is not None and server is not None:
-                    self._stats.server_failed(svc.pool.name, server.name, "timeout")
-                self._fail(504)
+                self._server_timed_out("does not read the request body", "server_send")
                 return
             log.info("client %s: request body idle timeout", self._ip_str)
             stats.timed_out("client_body")
             self._fail(408)
         else:
-            log.warning("server %s: no response in time", self._server)
-            stats.timed_out("server_response")
-            svc, server = self._svc, self._server
-            if svc is not None and server is not None:
-                self._stats.server_failed(svc.pool.name, server.name, "timeout")
-            self._fail(504)
+            self._server_timed_out("no response in time", "server_response")
+
+    def _server_timed_out(self, why: str, kind: str) -> None:
+        """Answer 504 for a server that let a deadline pass, and count it against it."""
+        log.warning("server %s: %s", self._server, why)
+        self._stats.timed_out(kind)
+        svc, server = self._svc, self._server
+        if svc is not None and server is not None:
+            self._stats.server_failed(svc.pool.name, server.name, "timeout")
+        self._fail(504)
 
     def _set_pause(self, reason: int, on: bool) -> None:
         before = self._pause
