@@ -3,10 +3,10 @@
 Each worker writes its own lines to standard output or to a file it opens in
 append mode. The entries the data plane records are handed over once a second
 and formatted and written a slice at a time (SLICE entries per turn of the event
-loop), so that a busy second's lines never hold up the requests of the next; at
-exit everything left is written at once. Lines are written in pieces of at most
-PIPE_BUF bytes cut at line ends, so lines of different workers never mix, on a
-pipe as in a file.
+loop, more when many are waiting), so that a busy second's lines never hold up
+the requests of the next while the log still keeps up; at exit everything left
+is written at once. Lines are written in pieces of at most PIPE_BUF bytes cut at
+line ends, so lines of different workers never mix, on a pipe as in a file.
 
 Combined format, with our fields after the usual ones:
     client - - [time] "request line" status bytes_out "referer" "user agent"
@@ -225,6 +225,15 @@ class AccessLog:
                 self._done = end
         self._write_lines(lines)
         return bool(self._pending)
+
+    def drain_slice(self) -> bool:
+        """Write one turn's share of what is queued; returns whether entries are left.
+
+        At least SLICE entries, and an eighth of the backlog when it is larger: when each
+        turn of the event loop finishes many requests the log still keeps up, its backlog
+        settling at a few turns' worth instead of growing while the load lasts.
+        """
+        return self.drain(max(SLICE, self.pending // 8))
 
     def discard(self) -> int:
         """Drop everything queued (after a failure to format it); returns how many entries."""

@@ -266,6 +266,8 @@ class _Rule:
         self.ignore_case = m.ignore_case
         self.path_kind = _PATH_KINDS[m.path_kind]
         path = m.path.encode("utf-8")
+        if m.path_kind != "regex":
+            path = routing_path(path)  # as request paths are compared
         self.path = path.lower() if m.ignore_case else path
         self.path_re = compile_regex(m.path, m.ignore_case) if m.path_kind == "regex" else None
         self.methods = frozenset(x.encode("ascii") for x in m.methods)

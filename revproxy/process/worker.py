@@ -28,7 +28,7 @@ from typing import Any
 import uvloop
 
 from revproxy.config.model import Config
-from revproxy.control.accesslog import SLICE, AccessLog
+from revproxy.control.accesslog import AccessLog
 from revproxy.process.shared import SharedState, apply_server_state, config_server_state
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.proxied import ProxyProtocolServer
@@ -140,7 +140,7 @@ class Reporter:
         assert self.access is not None
         more = False
         try:
-            more = self.access.drain(SLICE)
+            more = self.access.drain_slice()
         except Exception:
             log.exception("access log: %d lines lost", self.access.discard())
         if more:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
+from revproxy.http.head import routing_path
 from revproxy.tls.names import NameIndex, normalize_host
 
 S = TypeVar("S")
@@ -35,7 +36,8 @@ class Router(Generic[S]):
         for hosts, paths, service in services:
             for host in hosts:
                 routes = by_pattern.setdefault(host.lower(), [])
-                routes.extend((p.encode(), service) for p in paths)
+                # Prefixes as requests are matched: /%7Ejoe is /~joe, /a//b is /a/b.
+                routes.extend((routing_path(p.encode()), service) for p in paths)
         for routes in by_pattern.values():
             # Longest prefix first; equal prefixes keep configuration order (sort is stable).
             routes.sort(key=lambda r: -len(r[0]))

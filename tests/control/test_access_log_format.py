@@ -12,6 +12,7 @@ import pytest
 from revproxy.config.model import AccessLogConfig
 from revproxy.control.accesslog import (
     ENTRY_FIELDS,
+    SLICE,
     AccessLog,
     _Clock,
     format_combined,
@@ -159,6 +160,20 @@ def test_queued_entries_are_written_a_slice_at_a_time_in_order(tmp_path: Path) -
     assert len(_ids(path)) == 220 and _ids(path)[-1] == "b69"
     assert log.drain(100) is False and len(_ids(path)) == 220
     log.close()
+
+
+def test_a_slice_grows_with_the_backlog(tmp_path: Path) -> None:
+    log, path = _log(tmp_path)
+    log.add([entry() for _ in range(8000)], WALL)
+    assert log.drain_slice() is True
+    assert log.pending == 7000  # an eighth of the backlog
+    while log.pending > 400:
+        log.drain_slice()
+    before = log.pending
+    assert log.drain_slice() is (before > SLICE)
+    assert log.pending == max(0, before - SLICE)  # never less than SLICE at a time
+    log.close()
+    assert len(path.read_text().splitlines()) == 8000
 
 
 def test_write_and_close_write_what_is_queued_first(tmp_path: Path) -> None:

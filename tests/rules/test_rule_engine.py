@@ -55,6 +55,10 @@ MATCHING: list[tuple[dict[str, Any], bytes, bool]] = [
     ({"path": "/meet/", "ignore_case": True}, head("GET", "/Meet/alice"), True),
     # Percent-encoded unreserved characters are the characters (RFC 3986 §6.2.2.2).
     ({"path": "/meet/"}, head("GET", "/%6Deet/alice"), True),
+    # Runs of slashes are one; a configured path is read the same way as a requested one.
+    ({"path": "/meet/"}, head("GET", "//meet//alice"), True),
+    ({"path": "/%7Ejoe/"}, head("GET", "/~joe/x"), True),
+    ({"path": "/a//b", "path_kind": "exact"}, head("GET", "/a/b"), True),
     ({"path": "/a%2Fb", "path_kind": "exact"}, head("GET", "/a%2Fb"), True),
     ({"path": "/abs", "path_kind": "exact"}, head("GET", "/abs"), True),
     ({"path": "/abs", "path_kind": "exact"}, head("GET", "/abs/"), False),
