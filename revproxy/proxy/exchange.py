@@ -107,8 +107,8 @@ class ExchangeState:
         self._resp_left = 0
         self._resp_chunks: ChunkedReader | None = None
         self._dechunk = False
-        # A body that ends when the server closes goes to an HTTP/1.1 client chunked by us,
-        # so that a cut one shows as cut (no last chunk) and the connection may stay open.
+        # The proxy frames the response body in chunks for an HTTP/1.1 client (a rewritten
+        # body, or one the server ends by closing: a cut one then shows as cut).
         self._rechunk = False
         self._pinned: ServerConnection | None = None
         self._trusts: dict[str, bool] = {}

@@ -313,7 +313,6 @@ class ServerSide(ExchangeState):
             # NTLM and Negotiate authenticate the connection: it now belongs to this client.
             self._pin(self._up)
         dechunk = resp.body == CHUNKED and not req.http11
-        extra = b""
         edits = self._edits
         if edits is not None:
             replacer = (
@@ -324,18 +323,15 @@ class ServerSide(ExchangeState):
             resp.headers = edits.apply_headers(resp.headers, replacing=replacer is not None)
             resp.block = None  # the memo of its forwarded lines is not theirs
             if replacer is not None:
-                # The new body's length is known only at its end: chunked to HTTP/1.1
-                # clients, delimited by closing for HTTP/1.0 ones.
                 self._replacer = replacer
                 dechunk = True
-                if req.http11:
-                    extra = b"Transfer-Encoding: chunked\r\n"
         self._dechunk = dechunk
-        rechunk = resp.body == UNTIL_CLOSE and req.http11 and self._replacer is None
-        if rechunk:
-            # After the server's own transfer codings, if any ("gzip" + this = "gzip, chunked").
-            extra = b"Transfer-Encoding: chunked\r\n"
+        # Bodies whose length is known only at their end, a rewritten one and one the server
+        # ends by closing, go chunked to HTTP/1.1 clients (after the server's own codings, if
+        # any: "gzip" + this = "gzip, chunked"); HTTP/1.0 clients get them ended by our close.
+        rechunk = req.http11 and (self._replacer is not None or resp.body == UNTIL_CLOSE)
         self._rechunk = rechunk
+        extra = b"Transfer-Encoding: chunked\r\n" if rechunk else b""
         if self._set_cookie is not None:
             extra += self._set_cookie
         if (resp.body == UNTIL_CLOSE or dechunk) and not req.http11:
@@ -413,10 +409,9 @@ class ServerSide(ExchangeState):
             done = chunks.done
         elif body == UNTIL_CLOSE:
             if replacer is not None:
-                data = self._replaced(replacer, data, False)
-            elif self._rechunk and data:
-                data = b"%x\r\n%s\r\n" % (len(data), data)
-            self._write(head, data)
+                self._write(head, self._replaced(replacer, data, False))
+            else:
+                self._write(head, self._framed(data, False))
             return
         else:
             self._write(head, b"")
@@ -440,10 +435,13 @@ class ServerSide(ExchangeState):
         out = replacer.feed(payload) if payload else b""
         if done:
             out += replacer.finish()
-        req = self._req
-        if req is None or not req.http11:
-            return out
-        framed = b"%x\r\n%s\r\n" % (len(out), out) if out else b""
+        return self._framed(out, done)
+
+    def _framed(self, data: bytes, done: bool) -> bytes:
+        """Body bytes as the client gets them: as chunks when the proxy frames the body."""
+        if not self._rechunk:
+            return data
+        framed = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
         return framed + b"0\r\n\r\n" if done else framed
 
     def _resp_done_pending(self) -> bool:
@@ -550,10 +548,12 @@ class ServerSide(ExchangeState):
                 log.warning("server %s: connection lost mid-response: %s", self._server, exc)
                 self._abort()
                 return
-            if self._replacer is not None:
-                self._write(b"", self._replaced(self._replacer, b"", True))
-            elif self._rechunk:
-                self._write(b"", b"0\r\n\r\n")
+            replacer = self._replacer
+            if replacer is not None:
+                end = self._replaced(replacer, b"", True)
+            else:
+                end = self._framed(b"", True)
+            self._write(b"", end)
             self._finish_response()
             return
         # A body with a known end stopped short: cut the client connection so the client
