@@ -135,15 +135,16 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             self._send_up(data)
             return
         if phase == HEAD:
-            if not self._buf and (data[0] not in _EMPTY_LINE or data.strip(b"\r\n")):
+            starts = not self._buf and data[0] not in _EMPTY_LINE
+            if starts or (not self._buf and data.strip(b"\r\n")):
                 # The header deadline runs from the first byte of a request (empty lines
                 # before it do not count: they must not keep a connection open).
                 self._active = now = self._loop.time()
-                head, sep, rest = data.partition(b"\r\n\r\n")
-                if sep and not rest and head and not self._client_write_paused:
-                    # The usual case: one whole request head and nothing more. Starting
-                    # the exchange arms its own deadline.
-                    if head[0] not in _EMPTY_LINE:
+                if starts and not self._client_write_paused:
+                    head, sep, rest = data.partition(b"\r\n\r\n")
+                    if sep and not rest:
+                        # The usual case: one whole request head and nothing more. Starting
+                        # the exchange arms its own deadline.
                         self._request(head, len(head), now)
                         return
                 self._arm_at(now + self._listener.t_header)
