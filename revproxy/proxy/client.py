@@ -90,6 +90,15 @@ def _line_end(head: bytes) -> int:
     return len(head) if end < 0 else end
 
 
+def _partial_end(buf: bytearray) -> int:
+    """How many bytes at the end of `buf` could begin the CRLFCRLF that ends a head."""
+    if buf.endswith(b"\r\n\r"):
+        return 3
+    if buf.endswith(b"\r\n"):
+        return 2
+    return 1 if buf.endswith(b"\r") else 0
+
+
 class ClientConnection(ServerSide, asyncio.Protocol):
     """One client connection (see the module docstring)."""
 
@@ -227,12 +236,16 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                 del buf[:2]
             end = buf.find(b"\r\n\r\n")
             if end < 0:
+                # The limits are on the head without its end: a CR, CRLF or CRLFCR at the
+                # end of the buffer may be the start of it (the same bytes in one piece or in
+                # several get the same answer).
+                held = len(buf) - _partial_end(buf)
                 line_end = buf.find(b"\r\n")
                 if line_end > lst.max_request_line or (
-                    line_end < 0 and len(buf) > lst.max_request_line
+                    line_end < 0 and held > lst.max_request_line
                 ):
                     self._fail(414)
-                elif len(buf) > lst.max_header_bytes:
+                elif held > lst.max_header_bytes:
                     self._fail(431)
                 elif self._eof:
                     self._close()

@@ -181,6 +181,40 @@ def test_unending_request_line_is_414_before_it_ends(setup: Setup) -> None:
     assert time.monotonic() - start < HEADER_DEADLINE
 
 
+def _in_pieces(setup: Setup, pieces: list[bytes]) -> int:
+    """The status answering one request sent in `pieces`, each read by the proxy alone."""
+    with connect(setup.port) as sock:
+        for piece in pieces[:-1]:
+            sock.sendall(piece)
+            # Apart enough that the proxy reads each piece by itself (well inside the
+            # header deadline); sent together the answer must be the same.
+            time.sleep(0.05)
+        sock.sendall(pieces[-1])
+        return ResponseReader(sock).next().status
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_head_at_the_limit_is_accepted_whatever_the_pieces(setup: Setup, cut: int) -> None:
+    # big.test allows 16,384 bytes of head, not counting the CRLFCRLF that ends it; that
+    # end may arrive split from the head.
+    bare = _head("big.test", b"X-Fill: ")[:-2]
+    raw = bare + b"a" * (16384 - len(bare)) + b"\r\n\r\n"
+    assert len(raw) == 16384 + 4
+    assert _in_pieces(setup, [raw]) == 200
+    assert _in_pieces(setup, [raw[: -4 + cut], raw[-4 + cut :]]) == 200
+    over = raw[:-4] + b"a\r\n\r\n"
+    _refused(setup, over, 431)
+
+
+def test_request_line_at_the_limit_is_accepted_with_its_cr_alone(setup: Setup) -> None:
+    line = b"GET /" + b"a" * (1024 - 14) + b" HTTP/1.1"
+    assert len(line) == 1024
+    rest = b"\nHost: example.test\r\n\r\n"
+    assert _in_pieces(setup, [line + b"\r", rest]) == 200
+    longer = b"GET /" + b"a" * (1024 - 13) + b" HTTP/1.1"
+    assert _in_pieces(setup, [longer + b"\r", rest]) == 414
+
+
 def test_body_over_the_limit_by_content_length_is_413(setup: Setup) -> None:
     raw = b"POST /big HTTP/1.1\r\nHost: example.test\r\nContent-Length: 1001\r\n\r\n"
     _refused(setup, raw, 413)
