@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,6 +166,40 @@ def apply_shared_state(runtime: Runtime, shared: SharedState | None, initial: bo
             log.debug("worker %d: server state applied", os.getpid())
 
 
+class UnraisableLog:
+    """Errors Python can only report as "ignored" (sys.unraisablehook), as log lines.
+
+    An exception inside a TLS callback is one: a client sending a server name that is not
+    ASCII fails in the ssl module before the proxy's own callback runs. Each would print
+    a traceback on stderr, outside the log's levels, as often as clients send it; here it
+    is one warning, and at most one a minute after that with the count of the others.
+    """
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        self._last = -self.EVERY
+        self._quiet = 0
+
+    def __call__(self, info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.EVERY:
+            self._quiet += 1
+            return
+        exc = info.exc_value
+        where = f" in {info.object!r}" if info.object is not None else ""
+        more = f" ({self._quiet} more since the last report)" if self._quiet else ""
+        log.warning(
+            "error ignored%s: %s: %s%s",
+            where,
+            type(exc).__name__ if exc is not None else "?",
+            exc,
+            more,
+        )
+        self._last = now
+        self._quiet = 0
+
+
 def run_worker(
     config: Config,
     sockets: dict[str, socket.socket],
@@ -176,6 +211,7 @@ def run_worker(
 
     `contexts`: the listeners' TLS contexts, built by the main process before forking.
     """
+    sys.unraisablehook = UnraisableLog()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(_serve(config, sockets, parent, links or WorkerLinks(), contexts))
 

@@ -299,7 +299,7 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         self._svc = self._last_svc = svc
         if self._tried:
             self._tried = []
-        self._stale_retried = False
+        self._replays = 0
         body = req.body
         self._req_done = body == NO_BODY
         self._req_left = req.content_length

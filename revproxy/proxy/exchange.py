@@ -100,7 +100,9 @@ class ExchangeState:
         self._sent: list[bytes] | None = None
         self._sent_size = 0
         self._reused = False
-        self._stale_retried = False
+        # Attempts that may have reached a server (a request sent), counted against the
+        # service's retries; a connection never made costs none.
+        self._replays = 0
         self._resp: Response | None = None
         self._resp_buf = bytearray()
         self._resp_seen = False
@@ -148,7 +150,7 @@ class ExchangeState:
                 self._ip_str,
                 svc.name,
                 svc.pool.name,
-                server.name if server is not None else "",
+                self._server_name(),
                 req,
                 self._status or 499,  # 499: the client went away before an answer
                 self._req_bytes,
@@ -176,6 +178,19 @@ class ExchangeState:
         self._sent = None
         if self._pause & (P_PENDING | P_UPSTREAM):
             self._set_pause(P_PENDING | P_UPSTREAM, False)
+
+    def _server_name(self) -> str:
+        """The server of the exchange, or the last one that failed it; "" before any."""
+        server = self._server
+        if server is None and self._tried:
+            server = self._tried[-1]
+        return server.name if server is not None else ""
+
+    def _server_label(self) -> str:
+        """The server of the exchange and its pool, for log lines."""
+        svc = self._svc
+        name = self._server_name() or "-"
+        return f"{name} (pool {svc.pool.name})" if svc is not None else name
 
     def _phase_timeout(self) -> float:
         phase = self._phase
@@ -269,8 +284,9 @@ class ExchangeState:
             stats.timed_out("client_send")
             self._abort()
         elif self._resp is not None:
-            log.info("client %s: response body idle timeout", self._ip_str)
+            log.warning("server %s: response body idle timeout", self._server_label())
             stats.timed_out("server_body")
+            self._count_server_failure("timeout")
             self._abort()
         elif not self._req_done and self._connecting is None and self._up is not None:
             if self._pause & P_UPSTREAM:
@@ -285,12 +301,16 @@ class ExchangeState:
 
     def _server_timed_out(self, why: str, kind: str) -> None:
         """Answer 504 for a server that let a deadline pass, and count it against it."""
-        log.warning("server %s: %s", self._server, why)
+        log.warning("server %s: %s", self._server_label(), why)
         self._stats.timed_out(kind)
+        self._count_server_failure("timeout")
+        self._fail(504)
+
+    def _count_server_failure(self, kind: str) -> None:
+        """Count a failure against the exchange's server (passive health, metrics)."""
         svc, server = self._svc, self._server
         if svc is not None and server is not None:
-            self._stats.server_failed(svc.pool.name, server.name, "timeout")
-        self._fail(504)
+            self._stats.server_failed(svc.pool.name, server.name, kind)
 
     def _set_pause(self, reason: int, on: bool) -> None:
         before = self._pause

@@ -57,8 +57,11 @@ class ServerSide(ExchangeState):
                 self._attach(pinned)
                 pinned.transport.write(head)  # type: ignore[union-attr]
                 return True
-            if pinned.closed:
+            if pinned.closed or not pinned.endpoint.server.accepts_persistent:
+                # Its server went down or was disabled: the client authenticates anew
+                # with a server that takes traffic.
                 self._pinned = None
+                pinned.close()
         server = self._pick(svc)
         if server is None:
             self._fail(503, extra=RETRY_AFTER)
@@ -78,16 +81,16 @@ class ServerSide(ExchangeState):
     def _pinned_serves(self, pinned: ServerConnection, svc: Service) -> bool:
         """Whether the connection tied to this client carries its request for `svc`."""
         endpoint = pinned.endpoint
-        if pinned.closed or endpoint.server not in svc.endpoints:
+        server = endpoint.server
+        if pinned.closed or server not in svc.endpoints or not server.accepts_persistent:
+            # A server down or disabled takes no requests, not even authenticated ones (a
+            # draining one keeps the clients it has).
             return False
         if not endpoint.proxy_protocol:
             return True  # NTLM: the connection holds the client's authentication
-        # A PROXY-protocol connection is only this client's habit: it yields to the
-        # server's health and ages like an idle pooled connection.
-        return (
-            endpoint.server.accepts_persistent
-            and self._loop.time() - pinned.idle_since < endpoint.idle_timeout
-        )
+        # A PROXY-protocol connection is only this client's habit: it ages like an idle
+        # pooled connection.
+        return self._loop.time() - pinned.idle_since < endpoint.idle_timeout
 
     def _pick(self, svc: Service) -> Server | None:
         """The server for this request: persistence first, then the pool's balancing."""
@@ -163,15 +166,18 @@ class ServerSide(ExchangeState):
             "server %s (pool %s): connect failed: %s",
             server.name,
             svc.pool.name,
-            "timeout" if timeout else (exc or type(exc).__name__),
+            "timeout" if timeout else (str(exc) or type(exc).__name__),
         )
-        if not self._try_another(server, "timeout" if timeout else "connect"):
+        if not self._try_another(server, "timeout" if timeout else "connect", sent=False):
             self._fail(504 if timeout else 502)
 
-    def _try_another(self, server: Server, kind: str) -> bool:
+    def _try_another(self, server: Server, kind: str, sent: bool = True) -> bool:
         """Send the pending request to another server after `server` failed it.
 
-        False when the retry budget (count and window) is spent or no server may take it.
+        `sent`: whether the request may have reached `server`. Such attempts count against
+        the service's retries; one whose connection was never made costs nothing, so a
+        dead server never costs a request that another server could take. False when the
+        budget (count and window) is spent or no server may take it.
         """
         svc = self._svc
         assert svc is not None
@@ -179,7 +185,10 @@ class ServerSide(ExchangeState):
         self._server = None
         self._tried.append(server)
         self._stats.server_failed(svc.pool.name, server.name, kind)
-        if len(self._tried) > svc.retries or self._loop.time() - self._t0 >= svc.retry_window:
+        if sent:
+            self._replays += 1
+        now = self._loop.time()
+        if self._replays > svc.retries or now - self._t0 >= svc.retry_window:
             return False
         nxt = self._pick(svc)
         if nxt is None:
@@ -187,9 +196,12 @@ class ServerSide(ExchangeState):
         self._stats.retried(svc.pool.name, nxt.name)
         self._server = nxt
         nxt.active += 1
+        # The new attempt has its own deadlines (connect, then response).
+        self._active = now
         conn = svc.endpoints[nxt].take_idle()
         if conn is None:
             self._connect()
+            self._arm(self._phase_timeout())
             return True
         # Nothing reached a server: what is pending is the whole request so far.
         self._attach(conn)
@@ -197,15 +209,17 @@ class ServerSide(ExchangeState):
         self._pending_size = 0
         conn.transport.write(b"".join(pending))  # type: ignore[union-attr]
         self._set_pause(P_PENDING, False)
+        self._arm(self._phase_timeout())
         return True
 
     def _retry_unanswered(self) -> bool:
         """Resend a request whose server connection closed before any response byte.
 
         Only an idempotent request whose bytes are all kept (never a POST whose body went
-        out). A reused connection first gets one fresh connection to the same server (the
-        server had just closed an idle connection); after that the server counts as failed
-        and another one is tried within the service's retry budget.
+        out). A reused connection gets a fresh connection to the same server (the server
+        had just closed an idle connection: no fault of its own, and no attempt counted);
+        a fresh connection that closes unanswered counts the server as failed, and another
+        one is tried within the service's retry budget.
         """
         req, svc, server = self._req, self._svc, self._server
         if (
@@ -220,10 +234,11 @@ class ServerSide(ExchangeState):
         self._resp_buf.clear()
         self._pending = list(self._sent)
         self._pending_size = self._sent_size
-        if self._reused and not self._stale_retried:
-            self._stale_retried = True
+        if self._reused:
             self._stats.retried(svc.pool.name, server.name)
+            self._active = self._loop.time()
             self._connect()
+            self._arm(self._phase_timeout())
             return True
         return self._try_another(server, "reset")
 
@@ -304,11 +319,8 @@ class ServerSide(ExchangeState):
         self._status = status = resp.status
         self._t_resp = self._active - self._t0
         server = self._server
-        if server is not None:
-            if status in svc.passive_statuses:
-                self._stats.server_failed(svc.pool.name, server.name, "status")
-            else:
-                self._stats.server_succeeded(svc.pool.name, server.name)
+        if server is not None and status in svc.passive_statuses:
+            self._stats.server_failed(svc.pool.name, server.name, "status")
         if resp.auth_challenge and svc.ntlm_pinning and self._up is not None:
             # NTLM and Negotiate authenticate the connection: it now belongs to this client.
             self._pin(self._up)
@@ -419,7 +431,7 @@ class ServerSide(ExchangeState):
             done = True
         if extra:
             # Bytes past the end of the response: the connection is out of step.
-            log.warning("server %s sent bytes past the end of a response", self._server)
+            log.warning("server %s sent bytes past the end of a response", self._server_label())
             if self._up is not None:
                 up, self._up = self._up, None
                 if up is self._pinned:
@@ -464,6 +476,11 @@ class ServerSide(ExchangeState):
         self._up = None
         if now < 0:
             now = self._loop.time()
+        svc, server = self._svc, self._server
+        if server is not None and svc is not None and resp is not None:
+            # A whole response: a server failing its responses part-way is not healthy.
+            if resp.status not in svc.passive_statuses:
+                self._stats.server_succeeded(svc.pool.name, server.name)
         if up is not None:
             if self._client_write_paused and up.transport is not None:
                 # Paused for this client's full write buffer: a kept connection reads again
@@ -545,7 +562,10 @@ class ServerSide(ExchangeState):
             if exc is not None:
                 # Reset, not closed: the body may not be whole. No last chunk, and the client
                 # connection is cut (an HTTP/1.0 client cannot be told otherwise).
-                log.warning("server %s: connection lost mid-response: %s", self._server, exc)
+                log.warning(
+                    "server %s: connection lost mid-response: %s", self._server_label(), exc
+                )
+                self._count_server_failure("reset")
                 self._abort()
                 return
             replacer = self._replacer
@@ -558,19 +578,16 @@ class ServerSide(ExchangeState):
             return
         # A body with a known end stopped short: cut the client connection so the client
         # sees an incomplete response rather than a short one that looks whole.
-        log.warning("server %s closed the connection mid-response", self._server)
+        log.warning("server %s closed the connection mid-response", self._server_label())
+        self._count_server_failure("reset")
         self._abort()
 
     def server_write_paused(self, paused: bool) -> None:
         self._set_pause(P_UPSTREAM, paused)
 
     def _bad_response(self, why: str, conn_gone: bool = False) -> None:
-        log.warning("server %s: %s", self._server, why)
-        svc, server = self._svc, self._server
-        if svc is not None and server is not None:
-            self._stats.server_failed(
-                svc.pool.name, server.name, "reset" if conn_gone else "protocol"
-            )
+        log.warning("server %s: %s", self._server_label(), why)
+        self._count_server_failure("reset" if conn_gone else "protocol")
         if not conn_gone and self._up is not None:
             up, self._up = self._up, None
             if up is self._pinned:
