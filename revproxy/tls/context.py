@@ -104,6 +104,9 @@ class DirectSSLObject(ssl.SSLObject):
     methods take positional arguments only, and `read` needs its size: `read(n)` and
     `read(n, buffer)`, never `read()` or keywords. Everything else (the SNI callback's
     attributes, `context`, `getpeercert`, `version`) is the ordinary SSLObject.
+
+    On the server side `do_handshake` also makes sure a client whose handshake is refused
+    hears why (see `_AlertFirst`).
     """
 
     @classmethod
@@ -114,11 +117,50 @@ class DirectSSLObject(ssl.SSLObject):
             made.read = raw.read  # type: ignore[method-assign]
             made.write = raw.write  # type: ignore[method-assign]
             made.pending = raw.pending  # type: ignore[method-assign]
-            made.do_handshake = raw.do_handshake  # type: ignore[method-assign]
+            outgoing = args[1] if len(args) > 1 else kwargs.get("outgoing")
+            if kwargs.get("server_side") and isinstance(outgoing, ssl.MemoryBIO):
+                made.do_handshake = _AlertFirst(raw, outgoing)  # type: ignore[method-assign]
+            else:
+                made.do_handshake = raw.do_handshake  # type: ignore[method-assign]
             made.unwrap = raw.shutdown  # type: ignore[method-assign]
             made.cipher = raw.cipher  # type: ignore[method-assign]
             made.compression = raw.compression  # type: ignore[method-assign]
         return made
+
+
+class _AlertFirst:
+    """A server-side handshake step that lets a refusal's alert reach the client.
+
+    When OpenSSL refuses a handshake (a server name no certificate serves with
+    unknown_sni = "reject", a protocol version or cipher the listener does not speak) it
+    writes a fatal alert (unrecognized_name, protocol_version, handshake_failure) for the
+    client; but the event loop drops the connection on the error without sending what
+    was written, and the client sees only a closed connection. Here the error first
+    reads as "waiting for the client", so the loop sends the alert; the client then
+    closes (or, if it sends anything more, the next step raises the error itself; if it
+    does neither, the handshake timeout ends the connection).
+    """
+
+    __slots__ = ("_step", "_outgoing", "_failed")
+
+    def __init__(self, raw: Any, outgoing: ssl.MemoryBIO) -> None:
+        self._step = raw.do_handshake
+        self._outgoing = outgoing
+        self._failed: ssl.SSLError | None = None
+
+    def __call__(self) -> None:
+        failed = self._failed
+        if failed is not None:
+            raise failed
+        try:
+            self._step()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            if not self._outgoing.pending:
+                raise
+            self._failed = exc
+            raise ssl.SSLWantReadError("alert sent; the handshake failed") from exc
 
 
 def sni_of(ssl_object: object) -> str | None:

@@ -148,6 +148,15 @@ min_tls_version = "1.1"
   key = "a.key"
   chain = ["inter.pem"]
 
+[listeners.strict]
+bind = "127.0.0.1:0"
+tls = true
+unknown_sni = "reject"
+  [[listeners.strict.certificates]]
+  cert = "a.pem"
+  key = "a.key"
+  chain = ["inter.pem"]
+
 [listeners.plain]
 bind = "127.0.0.1:0"
 
@@ -321,11 +330,23 @@ def test_tls_1_1_refused_by_default(setup: Setup) -> None:
     # The same client gets through where the configuration allows TLS 1.1 ...
     with _handshake(setup.proxy.port("legacy"), ctx, "a.test") as tls:
         assert tls.version() == "TLSv1.1"
-    # ... but not on a listener with the default minimum (TLS 1.2).
-    with pytest.raises(ssl.SSLError):
+    # ... but not on a listener with the default minimum (TLS 1.2), and the client is
+    # told why (a protocol_version alert), not just cut off.
+    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION"):
         _handshake(setup.https, ctx, "a.test").close()
     # Enabling old TLS is said loudly.
     assert "listener legacy accepts TLS 1.1" in setup.proxy.log()
+
+
+def test_unknown_name_refused_with_its_alert(setup: Setup) -> None:
+    ctx = _client_context(setup.root_pem)
+    with _handshake(setup.proxy.port("strict"), ctx, "a.test") as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    # RFC 6066 section 3: a name the listener serves no certificate for gets the
+    # unrecognized_name alert, the same on every attempt.
+    for _ in range(2):
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            _handshake(setup.proxy.port("strict"), ctx, "other.test").close()
 
 
 def test_alpn_selects_http_1_1(setup: Setup) -> None:
