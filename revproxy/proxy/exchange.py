@@ -106,6 +106,9 @@ class ExchangeState:
         self._resp: Response | None = None
         self._resp_buf = bytearray()
         self._resp_seen = False
+        # The server answered in full before the request body ended, and reads the rest
+        # (its response keeps the connection): the exchange ends with the request body.
+        self._answered = False
         self._resp_left = 0
         self._resp_chunks: ChunkedReader | None = None
         self._dechunk = False
@@ -169,6 +172,7 @@ class ExchangeState:
         self._served += 1
         self._req = None
         self._resp = None
+        self._answered = False
         if self._resp_buf:
             self._resp_buf.clear()
         self._resp_chunks = None
@@ -207,7 +211,7 @@ class ExchangeState:
             return svc.t_tunnel
         if self._connecting is not None:
             return svc.t_connect + 1.0
-        if self._resp is not None:
+        if self._resp is not None and not self._answered:
             return svc.t_server_body
         if not self._req_done:
             return svc.t_body_idle
@@ -283,7 +287,7 @@ class ExchangeState:
             log.info("client %s: not reading its responses; connection cut", self._ip_str)
             stats.timed_out("client_send")
             self._abort()
-        elif self._resp is not None:
+        elif self._resp is not None and not self._answered:
             log.warning("server %s: response body idle timeout", self._server_label())
             stats.timed_out("server_body")
             self._count_server_failure("timeout")

@@ -349,7 +349,10 @@ class ServerSide(ExchangeState):
         if (resp.body == UNTIL_CLOSE or dechunk) and not req.http11:
             # An HTTP/1.0 client has no chunked coding: the body ends when we close.
             self._close_after = True
-        elif not self._req_done:
+        elif not self._req_done and not resp.keep_alive:
+            # Answered before the whole request body came, by a server that stops reading
+            # it. (One that keeps the connection reads the rest, which the client sends:
+            # NTLM clients send a POST body after a 401 to keep their connection.)
             self._close_after = True
         elif self._draining:
             self._close_after = True
@@ -439,8 +442,14 @@ class ServerSide(ExchangeState):
                 up.close()
             self._close_after = self._close_after or not self._req_done
         if done and self._resp is not None:
-            # Only server_data calls this, and it has just set _active to the loop time.
-            self._finish_response(self._active)
+            if self._req_done or self._close_after:
+                # Only server_data calls this, and it has just set _active to the loop time.
+                self._finish_response(self._active)
+            else:
+                # The rest of the request body goes on to the server; the exchange ends
+                # with it (_request_body).
+                self._answered = True
+                self._arm(self._phase_timeout())
 
     def _replaced(self, replacer: BodyReplacer, payload: bytes, done: bool) -> bytes:
         """Body bytes after content-rule replacement, framed for the client."""
@@ -552,6 +561,10 @@ class ServerSide(ExchangeState):
         self._up = None
         if self._phase == TUNNEL:
             self._close()
+            return
+        if self._answered:
+            # A whole response, then the server stopped reading the request body.
+            self._finish_response()
             return
         if self._resp is None:
             if not self._resp_seen and self._retry_unanswered():
