@@ -190,6 +190,34 @@ REQUESTS: list[RequestCase] = [
         ),
     ),
     (
+        "upgrade-lines-sent-as-one-list",
+        head(
+            b"GET /ws HTTP/1.1",
+            b"Host: a",
+            b"Connection: Upgrade",
+            b"Upgrade: websocket",
+            b"Upgrade: foo",
+        ),
+        NONE,
+        False,
+        b"http",
+        sent(b"GET /ws HTTP/1.1", b"Host: a", b"Connection: upgrade", b"Upgrade: websocket, foo"),
+    ),
+    (
+        "upgrade-h2c-in-any-line-dropped",
+        head(
+            b"GET / HTTP/1.1",
+            b"Host: a",
+            b"Connection: Upgrade",
+            b"Upgrade: h2c",
+            b"Upgrade: websocket",
+        ),
+        NONE,
+        False,
+        b"http",
+        sent(b"GET / HTTP/1.1", b"Host: a"),
+    ),
+    (
         "upgrade-h2c-dropped",
         head(
             b"GET / HTTP/1.1",
