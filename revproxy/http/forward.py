@@ -34,6 +34,9 @@ HOP_BY_HOP = frozenset(
 )
 # Never dropped because a Connection header names them.
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# RFC 9110 §8.6, RFC 9112 §6.1: a 1xx or 204 response has neither (a 304, or a response to
+# HEAD, keeps them: there they describe the representation).
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,11 @@ def response_head(
     body = resp.body
     keep_te = not dechunk and (body == CHUNKED or (body == UNTIL_CLOSE and not http10_client))
     block = resp.block
+    status = resp.status
+    if status < 200 or status == 204:
+        # No body framing fields; the block's memo is for statuses that keep them.
+        drop = drop | _BODY_FRAMING
+        block = None
     memo = None if block is None else block.forwarded_te if keep_te else block.forwarded
     if memo is not None:
         fields = memo
@@ -263,8 +271,9 @@ def _forwarded_fields(headers: list[Header], drop: frozenset[bytes], keep_te: bo
 
 
 def interim_head(resp: Response) -> bytes:
-    """A 1xx response passed on to the client as it came, minus hop-by-hop fields."""
-    drop = _drop_set(resp.connection_tokens)
+    """A 1xx response passed on to the client as it came, minus hop-by-hop fields and
+    Content-Length (RFC 9110 §8.6)."""
+    drop = _drop_set(resp.connection_tokens) | _BODY_FRAMING
     out = [resp.status_line or _status_line(resp.status, resp.reason)]
     for lname, _, line in resp.headers:
         if lname not in drop:
