@@ -27,7 +27,11 @@ def sent(*lines: bytes) -> bytes:
 NONE = Forwarding(x_forwarded_for=False, x_forwarded_proto=False, x_forwarded_host=False)
 ALL = Forwarding()
 VIA = Forwarding(
-    x_forwarded_for=False, x_forwarded_proto=False, x_forwarded_host=False, via=b"1.1 rp"
+    x_forwarded_for=False,
+    x_forwarded_proto=False,
+    x_forwarded_host=False,
+    via=b"1.1 rp",
+    via_http10=b"1.0 rp",
 )
 IP = b"192.0.2.7"
 
@@ -367,6 +371,16 @@ REQUESTS: list[RequestCase] = [
         False,
         b"http",
         sent(b"GET / HTTP/1.1", b"Host: a", b"Via: 1.0 upstream", b"Via: 1.1 rp"),
+    ),
+    (
+        # RFC 9110 §7.6.3: received-protocol is the version of the request received, though
+        # it goes on as HTTP/1.1.
+        "via-http10",
+        head(b"GET / HTTP/1.0", b"Host: a"),
+        VIA,
+        False,
+        b"http",
+        sent(b"GET / HTTP/1.1", b"Host: a", b"Via: 1.0 rp"),
     ),
 ]
 
