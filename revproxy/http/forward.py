@@ -34,6 +34,9 @@ HOP_BY_HOP = frozenset(
 )
 # Never dropped because a Connection header names them.
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# RFC 9110 §8.6, RFC 9112 §6.1: a 1xx or 204 response has neither (a 304, or a response to
+# HEAD, keeps them: there they describe the representation).
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,11 @@ class Forwarding:
     x_forwarded_for: bool = True
     x_forwarded_proto: bool = True
     x_forwarded_host: bool = True
-    via: bytes = b""  # the Via line's value ("1.1 revproxy"), or empty for none
+    # Via values, or empty for none. RFC 9110 §7.6.3: received-protocol is the version of
+    # the message received, so a message received as HTTP/1.1 gets `via` ("1.1 revproxy")
+    # and one received as HTTP/1.0 `via_http10` ("1.0 revproxy").
+    via: bytes = b""
+    via_http10: bytes = b""
     # Header carrying the proxy's request id to the server ("" = none); one the client sent
     # under that name is replaced.
     request_id_header: bytes = b""
@@ -126,8 +133,9 @@ def request_head(
         append(b"X-Forwarded-Proto: " + scheme + b"\r\n")
     if fwd.x_forwarded_host and req.host:
         append(b"X-Forwarded-Host: " + req.host + b"\r\n")
-    if fwd.via:
-        append(b"Via: " + fwd.via + b"\r\n")
+    via = fwd.via if req.http11 else fwd.via_http10
+    if via:
+        append(b"Via: " + via + b"\r\n")
     if request_id:
         append(fwd.request_id_header + b": " + request_id + b"\r\n")
     append(b"\r\n")
@@ -210,8 +218,9 @@ def response_head(
 
     `close`: this is the last response on the client connection. `dechunk`: the
     body is not sent with the server's transfer codings (it goes decoded, or re-framed by
-    the caller). `upgrade`: the Upgrade value of a 101 that turns into a tunnel. `extra`:
-    serialized field lines to add, each ending in CRLF.
+    the caller). `upgrade`: the Upgrade value of a 101 that turns into a tunnel. `via`: the
+    Via value to add, for the version of `resp` (see Forwarding). `extra`: serialized field
+    lines to add, each ending in CRLF.
     """
     drop = _drop_set(resp.connection_tokens)
     # The body goes out with the server's transfer codings (e.g. "gzip, chunked"), so they
@@ -220,6 +229,11 @@ def response_head(
     body = resp.body
     keep_te = not dechunk and (body == CHUNKED or (body == UNTIL_CLOSE and not http10_client))
     block = resp.block
+    status = resp.status
+    if status < 200 or status == 204:
+        # No body framing fields; the block's memo is for statuses that keep them.
+        drop = drop | _BODY_FRAMING
+        block = None
     memo = None if block is None else block.forwarded_te if keep_te else block.forwarded
     if memo is not None:
         fields = memo
@@ -263,8 +277,9 @@ def _forwarded_fields(headers: list[Header], drop: frozenset[bytes], keep_te: bo
 
 
 def interim_head(resp: Response) -> bytes:
-    """A 1xx response passed on to the client as it came, minus hop-by-hop fields."""
-    drop = _drop_set(resp.connection_tokens)
+    """A 1xx response passed on to the client as it came, minus hop-by-hop fields and
+    Content-Length (RFC 9110 §8.6)."""
+    drop = _drop_set(resp.connection_tokens) | _BODY_FRAMING
     out = [resp.status_line or _status_line(resp.status, resp.reason)]
     for lname, _, line in resp.headers:
         if lname not in drop:

@@ -444,9 +444,10 @@ def parse_request(head: bytes, max_count: int = 100) -> Request:
         if upgrade is not None and http11 and b"upgrade" in tokens:
             # h2c is not passed on: a server that switched to HTTP/2 behind the proxy would
             # take any request the client sends next, past the proxy's routing (RFC 9113 §3.1
-            # drops it). The last Upgrade field is the one that counts.
-            if b"h2c" not in _tokens([upgrade[-1]]):
-                req.upgrade = upgrade[-1]
+            # drops it). Upgrade is a list (RFC 9110 §7.8): several lines are one list, in
+            # order (§5.3), and h2c anywhere in it drops the upgrade.
+            if b"h2c" not in _tokens(upgrade):
+                req.upgrade = upgrade[0] if len(upgrade) == 1 else b", ".join(upgrade)
     else:
         req.keep_alive = http11
     expects = get(b"expect")

@@ -109,11 +109,13 @@ class Service:
         self.pool = pool
         self.endpoints = endpoints
         h = config.headers
+        via_name = h.via_name.encode()
         self.forwarding = Forwarding(
             x_forwarded_for=h.x_forwarded_for,
             x_forwarded_proto=h.x_forwarded_proto,
             x_forwarded_host=h.x_forwarded_host,
-            via=(b"1.1 " + h.via_name.encode()) if h.via else b"",
+            via=(b"1.1 " + via_name) if h.via else b"",
+            via_http10=(b"1.0 " + via_name) if h.via else b"",
             request_id_header=request_id_header.encode(),
             drop_underscored=not h.underscores_in_headers,
         )

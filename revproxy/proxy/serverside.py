@@ -362,12 +362,13 @@ class ServerSide(ExchangeState):
         self._resp_left = resp.content_length
         self._resp_chunks = ChunkedReader() if resp.body == CHUNKED else None
         self._arm_at(self._active + svc.t_server_body)
+        fwd = svc.forwarding
         return response_head(
             resp,
             close=self._close_after,
             http10_client=not req.http11,
             dechunk=dechunk,
-            via=svc.forwarding.via,
+            via=fwd.via if resp.http11 else fwd.via_http10,
             extra=extra,
         )
 

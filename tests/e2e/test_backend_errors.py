@@ -125,12 +125,20 @@ ROUTES = {
     "/head-with-body": _fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
     "/204": _fixed(b"HTTP/1.1 204 No Content\r\nX-Kind: empty\r\n\r\n"),
     "/204-with-body": _fixed(b"HTTP/1.1 204 No Content\r\n\r\njunk"),
+    # RFC 9110 §8.6 forbids these Content-Length fields; the messages still have no body.
+    "/204-with-length": _fixed(
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kind: empty\r\n\r\n"
+    ),
     "/304": _fixed(b'HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\nETag: "v1"\r\n\r\n'),
     "/100": _fixed(
         b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
     ),
     "/103": _fixed(
         b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+    ),
+    "/103-with-length": _fixed(
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\nLink: </s.css>; rel=preload\r\n\r\n"
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
     ),
     "/until-close": _send_and_close(b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nall of it, then EOF"),
@@ -350,7 +358,10 @@ def test_body_on_head_response_is_ignored(setup: Setup) -> None:
     assert b"hello" not in nxt.raw
 
 
-@pytest.mark.parametrize("path,status", [("/204", 204), ("/304", 304), ("/204-with-body", 204)])
+@pytest.mark.parametrize(
+    "path,status",
+    [("/204", 204), ("/304", 304), ("/204-with-body", 204), ("/204-with-length", 204)],
+)
 def test_no_body_statuses(setup: Setup, path: str, status: int) -> None:
     with connect(setup.port) as sock:
         reader = ResponseReader(sock, timeout=3.0)
@@ -361,13 +372,17 @@ def test_no_body_statuses(setup: Setup, path: str, status: int) -> None:
     assert first.raw.endswith(b"\r\n\r\n")
     assert first.header("transfer-encoding") is None
     if status == 304:
+        # It describes the representation (RFC 9110 §8.6): kept.
         assert first.header("content-length") == "100"
         assert first.header("etag") == '"v1"'
+    else:
+        # A 204 has no Content-Length (RFC 9110 §8.6), even where the server sent one.
+        assert first.header("content-length") is None
     assert (second.status, second.body) == (200, b"ok GET /after-empty HTTP/1.1")
     assert b"junk" not in second.raw
 
 
-@pytest.mark.parametrize("path,interim", [("/100", 100), ("/103", 103)])
+@pytest.mark.parametrize("path,interim", [("/100", 100), ("/103", 103), ("/103-with-length", 103)])
 def test_interim_response_then_final(setup: Setup, path: str, interim: int) -> None:
     with connect(setup.port) as sock:
         reader = ResponseReader(sock)
@@ -379,6 +394,8 @@ def test_interim_response_then_final(setup: Setup, path: str, interim: int) -> N
         first = reader.next("POST")
         final = reader.next("POST")
     assert first.status == interim
+    # RFC 9110 §8.6: no Content-Length in a 1xx response.
+    assert first.header("content-length") is None
     if interim == 103:
         assert first.header("link") == "</s.css>; rel=preload"
     assert (final.status, final.body) == (200, b"final")

@@ -444,6 +444,31 @@ def test_hop_by_hop_fields_do_not_reach_the_server(proxy: int, server: TrackingS
     assert req.headers("x-end-to-end") == ["kept"]
 
 
+@pytest.mark.parametrize(
+    ("path", "lines", "expected"),
+    [
+        # RFC 9110 §5.3, §7.8: several Upgrade lines are one list, passed on whole and in order.
+        (b"/upgrade-list", (b"websocket", b"foo"), ["websocket, foo"]),
+        # h2c in any of them: no upgrade at all, as for a single "Upgrade: h2c".
+        (b"/upgrade-h2c-first", (b"h2c", b"websocket"), []),
+        (b"/upgrade-h2c-last", (b"websocket", b"h2c"), []),
+    ],
+    ids=["list", "h2c-first", "h2c-last"],
+)
+def test_upgrade_lines_reach_the_server_as_one_list(
+    proxy: int, server: TrackingServer, path: bytes, lines: tuple[bytes, ...], expected: list[str]
+) -> None:
+    request_line = b"GET %s HTTP/1.1" % path
+    upgrade = b"".join(b"Upgrade: %s\r\n" % line for line in lines)
+    with connect(proxy) as sock:
+        sock.sendall(request_line + b"\r\n" + _H + b"Connection: Upgrade\r\n" + upgrade + b"\r\n")
+        # The server answers 200: no tunnel, the exchange stays an ordinary one.
+        assert ResponseReader(sock).next().status == 200
+    (req,) = [r for r in server.requests if r.request_line == request_line]
+    assert req.headers("upgrade") == expected, req.head
+    assert req.headers("connection") == (["upgrade"] if expected else []), req.head
+
+
 def test_connection_cannot_remove_framing_or_host(proxy: int, server: TrackingServer) -> None:
     with connect(proxy) as sock:
         sock.sendall(

@@ -27,7 +27,11 @@ def sent(*lines: bytes) -> bytes:
 NONE = Forwarding(x_forwarded_for=False, x_forwarded_proto=False, x_forwarded_host=False)
 ALL = Forwarding()
 VIA = Forwarding(
-    x_forwarded_for=False, x_forwarded_proto=False, x_forwarded_host=False, via=b"1.1 rp"
+    x_forwarded_for=False,
+    x_forwarded_proto=False,
+    x_forwarded_host=False,
+    via=b"1.1 rp",
+    via_http10=b"1.0 rp",
 )
 IP = b"192.0.2.7"
 
@@ -190,6 +194,34 @@ REQUESTS: list[RequestCase] = [
         ),
     ),
     (
+        "upgrade-lines-sent-as-one-list",
+        head(
+            b"GET /ws HTTP/1.1",
+            b"Host: a",
+            b"Connection: Upgrade",
+            b"Upgrade: websocket",
+            b"Upgrade: foo",
+        ),
+        NONE,
+        False,
+        b"http",
+        sent(b"GET /ws HTTP/1.1", b"Host: a", b"Connection: upgrade", b"Upgrade: websocket, foo"),
+    ),
+    (
+        "upgrade-h2c-in-any-line-dropped",
+        head(
+            b"GET / HTTP/1.1",
+            b"Host: a",
+            b"Connection: Upgrade",
+            b"Upgrade: h2c",
+            b"Upgrade: websocket",
+        ),
+        NONE,
+        False,
+        b"http",
+        sent(b"GET / HTTP/1.1", b"Host: a"),
+    ),
+    (
         "upgrade-h2c-dropped",
         head(
             b"GET / HTTP/1.1",
@@ -339,6 +371,16 @@ REQUESTS: list[RequestCase] = [
         False,
         b"http",
         sent(b"GET / HTTP/1.1", b"Host: a", b"Via: 1.0 upstream", b"Via: 1.1 rp"),
+    ),
+    (
+        # RFC 9110 §7.6.3: received-protocol is the version of the request received, though
+        # it goes on as HTTP/1.1.
+        "via-http10",
+        head(b"GET / HTTP/1.0", b"Host: a"),
+        VIA,
+        False,
+        b"http",
+        sent(b"GET / HTTP/1.1", b"Host: a", b"Via: 1.0 rp"),
     ),
 ]
 
@@ -508,6 +550,55 @@ RESPONSES: list[ResponseCase] = [
         {"close": False, "http10_client": False},
         sent(b"HTTP/1.1 200 Fine Thanks", b"Content-Length: 0"),
     ),
+    # RFC 9110 §8.6, RFC 9112 §6.1: no Content-Length or Transfer-Encoding in a 1xx or 204
+    # response; a 304 and a response to HEAD keep them (they describe the representation).
+    (
+        "no-content-drops-length",
+        head(b"HTTP/1.1 204 No Content", b"Content-Length: 0", b"X-A: 1"),
+        b"GET",
+        {"close": False, "http10_client": False},
+        sent(b"HTTP/1.1 204 No Content", b"X-A: 1"),
+    ),
+    (
+        "no-content-drops-te",
+        head(b"HTTP/1.1 204 No Content", b"Transfer-Encoding: chunked"),
+        b"GET",
+        {"close": False, "http10_client": False},
+        sent(b"HTTP/1.1 204 No Content"),
+    ),
+    (
+        "no-content-to-head-drops-length",
+        head(b"HTTP/1.1 204 No Content", b"Content-Length: 7"),
+        b"HEAD",
+        {"close": True, "http10_client": True},
+        sent(b"HTTP/1.1 204 No Content", b"Connection: close"),
+    ),
+    (
+        "switching-protocols-drops-length",
+        head(
+            b"HTTP/1.1 101 Switching Protocols",
+            b"Connection: Upgrade",
+            b"Upgrade: websocket",
+            b"Content-Length: 0",
+        ),
+        b"GET",
+        {"close": False, "http10_client": False, "upgrade": b"websocket"},
+        sent(b"HTTP/1.1 101 Switching Protocols", b"Connection: upgrade", b"Upgrade: websocket"),
+    ),
+    (
+        "not-modified-keeps-length",
+        head(b"HTTP/1.1 304 Not Modified", b"Content-Length: 120", b'ETag: "e"'),
+        b"GET",
+        {"close": False, "http10_client": False},
+        sent(b"HTTP/1.1 304 Not Modified", b"Content-Length: 120", b'ETag: "e"'),
+    ),
+    (
+        "head-keeps-length",
+        head(OK, b"Content-Length: 120"),
+        b"HEAD",
+        {"close": False, "http10_client": False},
+        sent(OK, b"Content-Length: 120"),
+    ),
     (
         "via",
         head(OK, b"Content-Length: 0"),
@@ -543,6 +634,17 @@ def test_response_head_memo_answers_as_a_fresh_build() -> None:
                 assert memo == response_head(fresh_resp, **kwargs), (raw, kwargs)
 
 
+def test_no_content_does_not_take_the_memo_of_a_200() -> None:
+    # The same header block on a 200 and a 204: the lines memoized for one are not the other's.
+    fields = b"Content-Length: 0\r\nX-Memo: 1"
+    for first, second in ((b"200 OK", b"204 No Content"), (b"204 No Content", b"200 OK")):
+        for status in (first, second, first, second):
+            resp = parse_response(b"HTTP/1.1 " + status + b"\r\n" + fields, b"GET")
+            out = response_head(resp, close=False, http10_client=False)
+            length = b"" if status == b"204 No Content" else b"Content-Length: 0\r\n"
+            assert out == b"HTTP/1.1 " + status + b"\r\n" + length + b"X-Memo: 1\r\n\r\n"
+
+
 def test_case_ids_unique() -> None:
     for cases in (REQUESTS, RESPONSES):
         ids = [c[0] for c in cases]
@@ -558,8 +660,13 @@ def test_case_ids_unique() -> None:
             sent(b"HTTP/1.1 103 Early Hints", b"Link: </s.css>"),
         ),
         (head(b"HTTP/1.1 100"), sent(b"HTTP/1.1 100 Continue")),
+        # RFC 9110 §8.6: a 1xx response has no Content-Length.
+        (
+            head(b"HTTP/1.1 103 Early Hints", b"Content-Length: 0", b"Link: </s.css>"),
+            sent(b"HTTP/1.1 103 Early Hints", b"Link: </s.css>"),
+        ),
     ],
-    ids=["continue", "early-hints", "no-reason"],
+    ids=["continue", "early-hints", "no-reason", "content-length-dropped"],
 )
 def test_interim_head(raw: bytes, expected: bytes) -> None:
     assert interim_head(parse_response(raw, b"GET")) == expected

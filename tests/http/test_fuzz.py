@@ -186,7 +186,7 @@ def test_parse_request_raises_only_http_error(raw: bytes) -> None:
     _request_or_error(raw)
 
 
-FWD = Forwarding(via=b"1.1 rp")
+FWD = Forwarding(via=b"1.1 rp", via_http10=b"1.0 rp")
 
 
 @FAST

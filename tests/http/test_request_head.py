@@ -221,6 +221,28 @@ VALID: list[Case] = [
         ),
         {"upgrade": None},
     ),
+    # RFC 9110 §5.3: several Upgrade lines are one comma-separated list, in order.
+    (
+        "upgrade-lines-joined",
+        head(
+            b"GET /ws HTTP/1.1",
+            H,
+            b"Connection: Upgrade",
+            b"Upgrade: websocket",
+            b"Upgrade: foo/2, bar",
+        ),
+        {"upgrade": b"websocket, foo/2, bar"},
+    ),
+    (
+        "upgrade-h2c-in-first-line-not-passed-on",
+        head(b"GET / HTTP/1.1", H, b"Connection: Upgrade", b"Upgrade: h2c", b"Upgrade: websocket"),
+        {"upgrade": None},
+    ),
+    (
+        "upgrade-h2c-in-a-list-not-passed-on",
+        head(b"GET / HTTP/1.1", H, b"Connection: Upgrade", b"Upgrade: websocket, H2C"),
+        {"upgrade": None},
+    ),
     # Field syntax that is fine.
     ("field-empty-value", head(b"GET / HTTP/1.1", H, b"X-Empty:"), {"header:x-empty": b""}),
     (
