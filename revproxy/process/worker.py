@@ -166,38 +166,40 @@ def apply_shared_state(runtime: Runtime, shared: SharedState | None, initial: bo
             log.debug("worker %d: server state applied", os.getpid())
 
 
+class HandshakeToken:
+    """Held by a TLS connection's protocol until its handshake completes (weakly watched)."""
+
+    __slots__ = ("__weakref__",)
+
+
 class UnraisableLog:
     """Errors Python can only report as "ignored" (sys.unraisablehook), as log lines.
 
     An exception inside a TLS callback is one: a client sending a server name that is not
     ASCII fails in the ssl module before the proxy's own callback runs. Each would print
     a traceback on stderr, outside the log's levels, as often as clients send it; here it
-    is one warning, and at most one a minute after that with the count of the others.
+    is one warning, and for each kind of error at most one a minute after that, with the
+    count of those not reported.
     """
 
     EVERY = 60.0
 
     def __init__(self) -> None:
-        self._last = -self.EVERY
-        self._quiet = 0
+        # exception type name -> (when last reported, how many since)
+        self._kinds: dict[str, tuple[float, int]] = {}
 
     def __call__(self, info: Any) -> None:
         now = time.monotonic()
-        if now - self._last < self.EVERY:
-            self._quiet += 1
-            return
         exc = info.exc_value
+        kind = type(exc).__name__ if exc is not None else "?"
+        last, quiet = self._kinds.get(kind, (-self.EVERY, 0))
+        if now - last < self.EVERY:
+            self._kinds[kind] = (last, quiet + 1)
+            return
         where = f" in {info.object!r}" if info.object is not None else ""
-        more = f" ({self._quiet} more since the last report)" if self._quiet else ""
-        log.warning(
-            "error ignored%s: %s: %s%s",
-            where,
-            type(exc).__name__ if exc is not None else "?",
-            exc,
-            more,
-        )
-        self._last = now
-        self._quiet = 0
+        more = f" ({quiet} more since the last report)" if quiet else ""
+        log.warning("error ignored%s: %s: %s%s", where, kind, exc, more)
+        self._kinds[kind] = (now, 0)
 
 
 def run_worker(
@@ -248,7 +250,8 @@ async def _serve_with(
         def factory(listener=listener) -> ClientConnection:  # type: ignore[no-untyped-def]
             conn = ClientConnection(listener, registry)
             if listener.ssl_context is not None:
-                listener.handshaking[conn] = loop.time()
+                conn.handshake_token = token = HandshakeToken()
+                listener.handshake_started(token, loop.time())
             return conn
 
         if listener.config.proxy_protocol:

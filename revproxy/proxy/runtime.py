@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import weakref
 from collections.abc import Iterable, Mapping
 
 from revproxy.balance.pool import Pool, Server
@@ -192,9 +193,11 @@ class Listener:
         self.scheme = b"https" if config.tls else b"http"
         self.sni_reject = config.tls and config.sni_mismatch == "reject"
         self.max_connections = max_connections
-        # TLS connections accepted whose handshake has not completed: protocol -> since when.
-        # Those still here after the handshake timeout failed their handshake.
-        self.handshaking: dict[object, float] = {}
+        # TLS connections accepted whose handshake has not completed: a weak reference to
+        # a token the protocol holds -> since when. One whose protocol was freed before its
+        # handshake completed failed it (_handshake_gone); one still here after the header
+        # timeout is counted as failed.
+        self.handshaking: dict[weakref.ref[object], float] = {}
         # The worker is stopping: a connection that completes its handshake now is drained
         # at once (answered with Connection: close).
         self.draining = False
@@ -217,6 +220,24 @@ class Listener:
                 self.max_connections,
             )
         self._refused += 1
+
+    def handshake_started(self, token: object, now: float) -> None:
+        """A TLS connection was accepted at loop time `now`; its protocol holds `token`.
+
+        The token is an instance of a plain Python class (compiled classes cannot be
+        weakly referenced safely): it goes when the protocol goes.
+        """
+        self.handshaking[weakref.ref(token, self._handshake_gone)] = now
+
+    def handshake_done(self, token: object) -> None:
+        """The TLS handshake of the connection holding `token` completed."""
+        self.handshaking.pop(weakref.ref(token), None)
+
+    def _handshake_gone(self, ref: weakref.ref[object]) -> None:
+        # The event loop let go of the protocol before its handshake completed: the
+        # handshake failed or was cut (a dead reference is found by identity).
+        if self.handshaking.pop(ref, None) is not None:
+            self.stats.tls_handshake_failed(self.name)
 
     def sweep_handshakes(self, now: float) -> None:
         """Count TLS handshakes that did not complete within the header timeout."""

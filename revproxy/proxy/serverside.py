@@ -240,7 +240,11 @@ class ServerSide(ExchangeState):
             self._connect()
             self._arm(self._phase_timeout())
             return True
-        return self._try_another(server, "reset")
+        label = self._server_label()
+        if not self._try_another(server, "reset"):
+            return False  # the caller says what failed
+        log.warning("server %s: closed the connection before answering; tried another", label)
+        return True
 
     def server_data(self, conn: ServerConnection, data: bytes) -> None:
         if conn is not self._up:
@@ -302,6 +306,10 @@ class ServerSide(ExchangeState):
                 if req.upgrade is None:
                     self._bad_response("101 to a request that asked for no upgrade")
                     return
+                svc, server = self._svc, self._server
+                if svc is not None and server is not None:
+                    # A tunnel never ends like a response: its start is the success.
+                    self._stats.server_succeeded(svc.pool.name, server.name)
                 self._start_tunnel(resp, rest)
                 return
             if status < 200:

@@ -507,8 +507,6 @@ def test_non_ascii_server_name_is_one_warning_not_tracebacks(
     servers.append(server)
     ca = trustme.CA()
     config = with_tls(simple_config(server.port), [issue_cert(ca, "localhost", tmp_path)])
-    # A handshake that failed is counted as in progress until the header timeout has
-    # passed, and the graceful stop waits for it: a short grace keeps the test quick.
     config = config.replace("shutdown_grace = 5", "shutdown_grace = 1")
     proxy = _start(proxies, tmp_path, config)
     port = proxy.port("plain")

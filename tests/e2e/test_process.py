@@ -98,6 +98,30 @@ def test_sigterm_closes_idle_keepalive_connections(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_sigterm_does_not_wait_for_failed_tls_handshakes(tmp_path: Path) -> None:
+    leaf = trustme.CA().issue_cert("a.test")
+    (tmp_path / "a.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
+    server = ScriptedServer(_named("s1")).start()
+    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
+    config = simple_config(server.port, listener_extra=tls).replace(
+        "shutdown_grace = 5", "shutdown_grace = 20"
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+        with connect(proxy.port("plain")) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")  # not a ClientHello
+            assert closed_by_peer(sock, 5.0)
+        started = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        # The failed handshake is over, not in progress: nothing to wait the 20 s for.
+        assert proxy.proc.wait(15) == 0
+        assert time.monotonic() - started < 4.0
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
 class Gate:
     """A responder that holds requests for /hold until released."""
 
