@@ -249,7 +249,7 @@ class ExchangeState:
             and svc.min_rate
             and self._phase == EXCHANGE
             and not self._req_done
-            and self._resp is None
+            and (self._resp is None or self._answered)
         ):
             # Slowloris protection for bodies: a minimum rate over 10 s windows, so a slow
             # but steady upload lives as long as it needs (no total deadline).
@@ -334,6 +334,11 @@ class ExchangeState:
 
     def _fail(self, status: int, extra: bytes = b"") -> None:
         """Answer with an error and close: after an error the framing is not trusted."""
+        if self._answered:
+            # The response went out whole: the client may still be reading it, so a close,
+            # not a reset (the server connection is dropped all the same).
+            self._close(linger=True)
+            return
         if self._resp is not None or self._phase == TUNNEL:
             self._abort()
             return

@@ -510,7 +510,16 @@ class ServerSide(ExchangeState):
                     up.close()
                 else:
                     up.idle_since = now
-            elif resp is not None and resp.keep_alive and self._req_done and not up.closed:
+            elif (
+                resp is not None
+                and resp.keep_alive
+                and self._req_done
+                and not self._answered
+                and not up.closed
+            ):
+                # (A server that answered before the body ended said it read the rest; if
+                # it did not, the rest would be a request to it: that connection is not
+                # pooled for other clients. One tied to this client by NTLM stays, above.)
                 if up.endpoint.proxy_protocol:
                     # Its PROXY header named this client: kept for this client only (but
                     # an NTLM-authenticated connection this client holds stays first).

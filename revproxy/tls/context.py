@@ -151,16 +151,21 @@ class _AlertFirst:
     def __call__(self) -> None:
         failed = self._failed
         if failed is not None:
+            # Once: the loop ends the connection on it (later steps get OpenSSL's own
+            # error), and no reference to it stays here.
+            self._failed = None
             raise failed
         try:
             self._step()
+            return
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
         except ssl.SSLError as exc:
             if not self._outgoing.pending:
                 raise
-            self._failed = exc
-            raise ssl.SSLWantReadError("alert sent; the handshake failed") from exc
+            # Kept without its traceback, which would hold this frame and so this object.
+            self._failed = exc.with_traceback(None)
+        raise ssl.SSLWantReadError("alert to send; the handshake failed")
 
 
 def sni_of(ssl_object: object) -> str | None:

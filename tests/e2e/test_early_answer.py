@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from harness import ProxyProcess, ResponseReader, connect, read_until_closed, wait_for
+from harness import (
+    ProxyProcess,
+    ResponseReader,
+    closed_by_peer,
+    connect,
+    read_until_closed,
+    wait_for,
+)
 
 
 @dataclass
@@ -26,8 +34,9 @@ class EarlyServer:
     """Answers each request as soon as its head is read, then reads the declared body.
 
     `/close` answers with Connection: close and closes without reading the body; `/gone`
-    answers keep-alive but closes after the first body bytes. Records, per connection,
-    the request lines and the body bytes read.
+    answers keep-alive but closes after the first body bytes; `/plain` answers a 413
+    without an authentication challenge. Others with a body get an NTLM challenge.
+    Records, per connection, the request lines and the body bytes read.
     """
 
     seen: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
@@ -89,7 +98,9 @@ class EarlyServer:
                         )
                         self._record(cid, line, b"")
                         return
-                    if length:
+                    if length and path == b"/plain":
+                        conn.sendall(b"HTTP/1.1 413 Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+                    elif length:
                         conn.sendall(
                             b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\n"
                             b"Content-Length: 4\r\n\r\nauth"
@@ -140,6 +151,13 @@ hosts = ["*"]
 pool = "p"
   [services.main.timeouts]
   client_body_idle = 2
+
+[services.slow]
+hosts = ["slow.test"]
+pool = "p"
+  [services.slow.timeouts]
+  client_body_idle = 30
+  client_body_min_rate = 1000
 
 [pools.p]
 servers = ["127.0.0.1:{server.port}"]
@@ -224,7 +242,51 @@ def test_client_stalling_after_an_early_answer_is_cut_at_the_body_idle_limit(
         )
         assert reader.next().status == 401
         # Nothing more comes: client_body_idle (2 s) ends the connection, without a
-        # second response after the first.
+        # second response after the first, and with a close, not a reset (which could
+        # destroy the response before the client read it).
         data, how = read_until_closed(sock, 10.0)
         assert data == b""
-        assert how in ("eof", "reset")
+        assert how == "eof"
+
+
+def test_early_answer_does_not_lift_the_minimum_body_rate(setup: Setup) -> None:
+    started = time.monotonic()
+    with connect(setup.port) as sock:
+        reader = ResponseReader(sock)
+        sock.sendall(
+            b"POST /trickle HTTP/1.1\r\nHost: slow.test\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+        )
+        assert reader.next().status == 401
+        # One byte a second is far below client_body_min_rate (1,000 B/s over 10 s
+        # windows), though well within client_body_idle (30 s).
+        closed = False
+        for i in range(25):
+            try:
+                sock.sendall(BODY[i : i + 1])
+            except OSError:
+                closed = True
+                break
+            if closed_by_peer(sock, 1.0):
+                closed = True
+                break
+        assert closed
+    assert time.monotonic() - started < 20
+
+
+def test_server_connection_answered_early_is_not_pooled_for_others(setup: Setup) -> None:
+    with connect(setup.port) as sock:
+        reader = ResponseReader(sock)
+        sock.sendall(
+            b"POST /plain HTTP/1.1\r\nHost: mail.test\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+        )
+        first = reader.next()
+        assert first.status == 413 and first.header("connection") is None
+        sock.sendall(BODY + b"GET /after-plain HTTP/1.1\r\nHost: mail.test\r\n\r\n")
+        assert reader.next().status == 200
+    requests = setup.server.requests()
+    (post,) = [r for r in requests if r[1].startswith(b"POST /plain")]
+    (get,) = [r for r in requests if r[1].startswith(b"GET /after-plain")]
+    assert post[2] == BODY
+    # Had the server not read that body, the next request on its connection would have
+    # been read as part of it: the proxy does not reuse such a connection.
+    assert get[0] != post[0]
