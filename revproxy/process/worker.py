@@ -33,7 +33,7 @@ from revproxy.control.accesslog import AccessLog
 from revproxy.process.shared import SharedState, apply_server_state, config_server_state
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.proxied import ProxyProtocolServer
-from revproxy.proxy.runtime import Runtime
+from revproxy.proxy.runtime import TLS_SHUTDOWN, Runtime
 from revproxy.proxy.stats import WorkerStats
 
 log = logging.getLogger("revproxy.worker")
@@ -262,6 +262,7 @@ async def _serve_with(
             sock=sockets[listener.name],
             ssl=listener.ssl_context,
             ssl_handshake_timeout=listener.t_header if listener.ssl_context else None,
+            ssl_shutdown_timeout=TLS_SHUTDOWN if listener.ssl_context else None,
             backlog=listener.config.backlog,
         )
         servers.append(server)

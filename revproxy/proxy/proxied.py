@@ -27,7 +27,7 @@ from revproxy.http.proxyproto import (
     parse,
 )
 from revproxy.proxy.client import ClientConnection
-from revproxy.proxy.runtime import AddressSet, Listener
+from revproxy.proxy.runtime import TLS_SHUTDOWN, AddressSet, Listener
 
 log = logging.getLogger("revproxy.proxy")
 
@@ -186,6 +186,7 @@ class ProxyProtocolServer:
                 conn,
                 ssl=listener.ssl_context,
                 ssl_handshake_timeout=listener.t_header if listener.ssl_context else None,
+                ssl_shutdown_timeout=TLS_SHUTDOWN if listener.ssl_context else None,
             )
         except (TimeoutError, OSError) as exc:
             # A failed TLS handshake: counted by the listener's handshake sweep.

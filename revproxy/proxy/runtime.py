@@ -14,6 +14,7 @@ import os
 import ssl
 import weakref
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
@@ -28,6 +29,11 @@ from revproxy.tls.context import build_listener_context, build_pool_context
 log = logging.getLogger("revproxy.proxy")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# Seconds a closing TLS connection waits for the client's close_notify after sending its
+# own (the event loop's default is 30 s: a client keeping its socket open held it that long).
+TLS_SHUTDOWN: Final = 3.0
 
 
 class AddressSet:

@@ -122,6 +122,38 @@ def test_sigterm_does_not_wait_for_failed_tls_handshakes(tmp_path: Path) -> None
         server.stop()
 
 
+def test_sigterm_does_not_wait_for_a_tls_client_keeping_a_closed_connection(
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("a.test")
+    (tmp_path / "a.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
+    (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
+    server = ScriptedServer(_named("s1")).start()
+    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
+    config = simple_config(server.port, listener_extra=tls).replace(
+        "shutdown_grace = 5", "shutdown_grace = 30"
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        raw = socket.create_connection(("127.0.0.1", proxy.port("plain")), timeout=10)
+        with client.wrap_socket(raw, server_hostname="a.test") as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            status, _, body = read_response(sock)  # type: ignore[arg-type]
+            assert (status, body) == (200, b"s1 GET /x HTTP/1.1")
+            # The proxy closed its side (close_notify); this client neither answers nor
+            # closes its socket. The proxy waits a few seconds for it, not its grace.
+            started = time.monotonic()
+            proxy.signal(signal.SIGTERM)
+            assert proxy.proc.wait(20) == 0
+            assert time.monotonic() - started < 8.0
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
 class Gate:
     """A responder that holds requests for /hold until released."""
 
