@@ -170,6 +170,21 @@ def tool_version(argv: Sequence[str]) -> str:
     return out[0].strip() if out else "unknown"
 
 
+def forwarding_path(python: str) -> str:
+    """How revproxy run by `python` from the repository forwards: compiled or pure Python."""
+    try:
+        cp = subprocess.run(
+            [python, "-c", "import revproxy.native as n; print(n.describe())"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO_DIR,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return cp.stdout.strip() or "unknown"
+
+
 def git_revision() -> str:
     try:
         cp = subprocess.run(
@@ -661,6 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "nginx": tool_version([NGINX, "-v"]).removeprefix("nginx version: "),
             "wrk": tool_version(["wrk", "-v"]),
             "revision": git_revision(),
+            "forwarding_path": forwarding_path(args.python),
             "revproxy_is": (
                 "not measured (--only nginx)"
                 if args.only == "nginx"
@@ -680,6 +696,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 2
     try:
         print(f"bench: temporary directory {tmp}", flush=True)
+        path = results["meta"]["forwarding_path"]
+        print(f"bench: revproxy's forwarding path: {path}", flush=True)
+        if not path.startswith("compiled"):
+            print("bench: WARNING: not the compiled forwarding path (run make)", flush=True)
         _, proxies, floor, backend = start_all(args, tmp, servers)
         n_runs = 2 * args.rounds * len(proxies)
         if args.same_load > 0 and len(proxies) == 2:
@@ -738,7 +758,8 @@ def print_summary(results: dict[str, Any]) -> None:
     print(
         f"revproxy {meta['revision']} vs {meta['nginx']} on {meta['cpus']} CPUs"
         f" (revproxy column: {meta['revproxy_is']});"
-        f" best of {2 * results['options']['rounds']} runs per proxy"
+        f" best of {2 * results['options']['rounds']} runs per proxy;"
+        f" revproxy's forwarding path: {meta.get('forwarding_path', 'unknown')}"
     )
     print(report.scenario_table(results["scenarios"]))
     floor = report.floor_table(results["scenarios"])
