@@ -279,6 +279,7 @@ class ServerHealth:
     passive_failures: int  # consecutive
     last_change_at: float | None  # wall-clock time of the last transition
     last_change_reason: str
+    pending: bool = False  # down until its first check, which has not run yet
 
 
 OnChange = Callable[[str, str, bool, str], None]  # (pool name, server address, up, reason)
@@ -323,6 +324,13 @@ def _tls_settings(pool: PoolConfig) -> tuple[object, ...]:
     return (pool.name, pool.health, pool.ca, pool.verify, pool.min_tls_version, pool.ciphers)
 
 
+def _pending(watch: _Watch) -> bool:
+    """Down until a first check, which has not had a result yet (state carried over a
+    reload keeps its results)."""
+    state = watch.state
+    return watch.checked and state.awaiting_first and not (state.successes or state.failures)
+
+
 class HealthMonitor:
     """Active checks for every server of a configuration, plus passive reports.
 
@@ -331,9 +339,17 @@ class HealthMonitor:
     """
 
     def __init__(
-        self, config: Config, on_change: OnChange, *, rng: random.Random | None = None
+        self,
+        config: Config,
+        on_change: OnChange,
+        *,
+        rng: random.Random | None = None,
+        on_first_result: Callable[[], None] | None = None,
     ) -> None:
         self._on_change = on_change
+        # Called when a server's first check result changed nothing (a server that
+        # starts down and fails it): it is no longer pending all the same.
+        self._on_first_result = on_first_result
         self._rng = rng or random.Random()
         self._running = False
         self._stopping: set[asyncio.Task[None]] = set()
@@ -451,9 +467,15 @@ class HealthMonitor:
         watch.last_check_at = time.time()
         watch.last_result = result.detail
         watch.last_duration = result.duration
+        first = _pending(watch)
         change = watch.state.active(result.ok, result.detail)
         if change is not None:
             self._transition(watch, change)
+        elif first and self._on_first_result is not None:
+            try:
+                self._on_first_result()
+            except Exception:
+                log.exception("health first-result handler failed")
 
     def _transition(self, watch: _Watch, change: Change) -> None:
         pool, address = watch.pool.name, watch.server.address
@@ -513,6 +535,7 @@ class HealthMonitor:
                 passive_failures=w.state.passive_failures,
                 last_change_at=w.last_change_at,
                 last_change_reason=w.last_change_reason,
+                pending=_pending(w),
             )
             for key, w in self._watches.items()
         }

@@ -67,6 +67,7 @@ class Health:
     checked: bool = False  # False: no active checks for this server
     last_time: float | None = None  # wall clock of the last check
     last_result: str = ""
+    pending: bool = False  # down until its first check, not run yet
 
 
 def read_certificates(config: Config) -> list[Certificate]:
@@ -164,7 +165,10 @@ class ControlView:
         for (pool, server), admin in self.admin.items():
             health = self.health.get((pool, server))
             up = True if health is None else health.up
-            out.setdefault(pool, {})[server] = {"up": up, "admin": admin}
+            entry: dict[str, Any] = {"up": up, "admin": admin}
+            if health is not None and health.pending:
+                entry["pending"] = True
+            out.setdefault(pool, {})[server] = entry
         return {"generation": self.generation, "servers": out}
 
     def ready(self) -> bool:
@@ -337,4 +341,5 @@ def _health(entry: Any) -> Health:
         checked=bool(get("checked", True)),
         last_time=float(last) if isinstance(last, int | float) else None,
         last_result=str(get("last_result", "") or ""),
+        pending=bool(get("pending", False)),
     )

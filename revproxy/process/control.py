@@ -126,7 +126,9 @@ class ControlProcess:
         if cls is None:
             return
         try:
-            self.monitor = cls(self.view.config, self._health_changed)
+            self.monitor = cls(
+                self.view.config, self._health_changed, on_first_result=self._health_changed
+            )
             await _maybe_await(self.monitor.start())
         except Exception:
             log.exception("health monitor failed to start; running without health checks")
@@ -276,8 +278,10 @@ class ControlProcess:
         loop.add_reader(self.channel.fileno(), self._on_channel)
         loop.add_reader(self.stats.fileno(), self._on_stats)
         self._spawn(self._consume())
-        self.publish()
+        # The first state published already has the health checks' view (servers that
+        # start down are pending until their first check): workers wait for it.
         await self._start_monitor()
+        self.publish()
         await self.admin.apply(self.view.config.admin)
         while not self.stop.is_set():
             try:

@@ -202,6 +202,36 @@ class UnraisableLog:
         self._kinds[kind] = (now, 0)
 
 
+async def first_checks(config: Config, shared: SharedState | None) -> None:
+    """Wait until the servers that start down have had their first check, or a timeout.
+
+    Such a server takes traffic once a check passed: serving before the first results
+    are known would answer 503 for a pool whose servers are all fine. The wait is bounded
+    by the longest check timeout (plus a second); connections wait in the listening
+    socket's backlog meanwhile. After a reload, servers that remain keep their state and
+    nothing is waited for.
+    """
+    pools = [p for p in config.pools if p.health.type != "none" and p.health.start_down]
+    if shared is None or not pools:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(p.health.timeout for p in pools) + 1.0
+    while True:
+        document = shared.read()
+        servers = document.get("servers") if document else None
+        if isinstance(servers, dict) and not any(
+            isinstance(entry, dict) and entry.get("pending")
+            for pool in servers.values()
+            if isinstance(pool, dict)
+            for entry in pool.values()
+        ):
+            return
+        if loop.time() >= deadline:
+            log.info("worker %d: serving before every server's first health check", os.getpid())
+            return
+        await asyncio.sleep(0.02)
+
+
 def run_worker(
     config: Config,
     sockets: dict[str, socket.socket],
@@ -241,6 +271,7 @@ async def _serve_with(
     contexts: Mapping[str, ssl.SSLContext] | None,
 ) -> int:
     loop = asyncio.get_running_loop()
+    await first_checks(config, links.shared)
     runtime = Runtime(config, loop, stats=reporter.stats, listener_contexts=contexts)
     apply_shared_state(runtime, links.shared, initial=True)
     registry: set[ClientConnection] = set()

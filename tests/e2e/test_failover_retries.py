@@ -539,3 +539,32 @@ def test_non_ascii_server_name_is_one_warning_not_tracebacks(
     )
     assert "Traceback" not in log, log
     assert log.count("error ignored") <= 1, log
+
+
+# ---------------------------------------------------------------- the first checks at start
+
+
+def test_first_requests_after_start_wait_for_the_first_checks(
+    tmp_path: Path, servers: list[ScriptedServer], proxies: list[ProxyProcess]
+) -> None:
+    # Servers start down until a check passed (start_down, the default). Serving before
+    # the first results are in would answer 503 for a pool with a healthy server; the
+    # workers wait for them (bounded by the check timeout) before they take connections.
+    named = _named("live")
+
+    def slow_check(req: Received, sock: socket.socket) -> bytes:
+        if req.request_line.startswith(b"GET /check "):
+            time.sleep(0.8)  # a server slow to say it is fine
+        return named(req, sock)  # type: ignore[no-any-return]
+
+    server = ScriptedServer(slow_check).start()
+    servers.append(server)
+    config = simple_config(
+        server.port,
+        servers=[server.port, dead_port()],
+        pool_extra='[pools.p.health]\ntype = "http"\npath = "/check"\ninterval = 30\ntimeout = 3\n',
+    )
+    proxy = _start(proxies, tmp_path, config)
+    port = proxy.port("plain")
+    statuses = [_exchange(port, f"/first-{i}")[0] for i in range(5)]
+    assert statuses == [200] * 5
