@@ -98,15 +98,24 @@ def test_sigterm_closes_idle_keepalive_connections(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_sigterm_does_not_wait_for_failed_tls_handshakes(tmp_path: Path) -> None:
-    leaf = trustme.CA().issue_cert("a.test")
+_TLS_LISTENER = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
+
+
+def _tls_setup(tmp_path: Path, grace: int) -> tuple[trustme.CA, ScriptedServer, str]:
+    """A CA, a server and the config of a TLS listener for a.test (files in tmp_path)."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("a.test")
     (tmp_path / "a.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
     (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
     server = ScriptedServer(_named("s1")).start()
-    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
-    config = simple_config(server.port, listener_extra=tls).replace(
-        "shutdown_grace = 5", "shutdown_grace = 20"
+    config = simple_config(server.port, listener_extra=_TLS_LISTENER).replace(
+        "shutdown_grace = 5", f"shutdown_grace = {grace}"
     )
+    return ca, server, config
+
+
+def test_sigterm_does_not_wait_for_failed_tls_handshakes(tmp_path: Path) -> None:
+    _, server, config = _tls_setup(tmp_path, 20)
     proxy = ProxyProcess(config, tmp_path)
     try:
         with connect(proxy.port("plain")) as sock:
@@ -125,15 +134,7 @@ def test_sigterm_does_not_wait_for_failed_tls_handshakes(tmp_path: Path) -> None
 def test_sigterm_does_not_wait_for_a_tls_client_keeping_a_closed_connection(
     tmp_path: Path,
 ) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("a.test")
-    (tmp_path / "a.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
-    (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
-    server = ScriptedServer(_named("s1")).start()
-    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
-    config = simple_config(server.port, listener_extra=tls).replace(
-        "shutdown_grace = 5", "shutdown_grace = 30"
-    )
+    ca, server, config = _tls_setup(tmp_path, 30)
     proxy = ProxyProcess(config, tmp_path)
     client = ssl.create_default_context()
     ca.configure_trust(client)
@@ -408,16 +409,9 @@ def test_reload_answers_a_connection_accepted_before_it(tmp_path: Path) -> None:
 
 
 def test_reload_answers_a_tls_connection_still_in_its_handshake(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("a.test")
-    (tmp_path / "a.pem").write_bytes(leaf.cert_chain_pems[0].bytes())
-    (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
-    server = ScriptedServer(_named("s1")).start()
+    ca, server, config = _tls_setup(tmp_path, 5)
     port = free_port()
-    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
-    config = simple_config(server.port, listener_extra=tls).replace(
-        'bind = "127.0.0.1:0"', f'bind = "127.0.0.1:{port}"'
-    )
+    config = config.replace('bind = "127.0.0.1:0"', f'bind = "127.0.0.1:{port}"')
     proxy = ProxyProcess(config, tmp_path)
     client = ssl.create_default_context()
     ca.configure_trust(client)
@@ -464,14 +458,9 @@ def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path: Path) -> No
 
 
 def test_reload_with_a_broken_certificate_keeps_the_running_one(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    leaf = ca.issue_cert("a.test")
+    ca, server, config = _tls_setup(tmp_path, 5)
     cert = tmp_path / "a.pem"
-    cert.write_bytes(leaf.cert_chain_pems[0].bytes())
-    (tmp_path / "a.key").write_bytes(leaf.private_key_pem.bytes())
-    server = ScriptedServer(_named("s1")).start()
-    tls = 'tls = true\n[[listeners.plain.certificates]]\ncert = "a.pem"\nkey = "a.key"'
-    proxy = ProxyProcess(simple_config(server.port, listener_extra=tls), tmp_path)
+    proxy = ProxyProcess(config, tmp_path)
     client = ssl.create_default_context()
     ca.configure_trust(client)
 
