@@ -276,14 +276,16 @@ def _forwarded_fields(headers: list[Header], drop: frozenset[bytes], keep_te: bo
     return b"\r\n".join(lines)
 
 
-def interim_head(resp: Response) -> bytes:
+def interim_head(resp: Response, via: bytes = b"") -> bytes:
     """A 1xx response passed on to the client as it came, minus hop-by-hop fields and
-    Content-Length (RFC 9110 §8.6)."""
+    Content-Length (RFC 9110 §8.6); `via` as for response_head."""
     drop = _drop_set(resp.connection_tokens) | _BODY_FRAMING
     out = [resp.status_line or _status_line(resp.status, resp.reason)]
     for lname, _, line in resp.headers:
         if lname not in drop:
             out.append(line)
             out.append(b"\r\n")
+    if via:
+        out.append(b"Via: %s\r\n" % via)
     out.append(b"\r\n")
     return b"".join(out)

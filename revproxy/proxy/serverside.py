@@ -280,8 +280,8 @@ class ServerSide(ExchangeState):
 
     def _response_heads(self, data: bytes) -> None:
         """Parse heads: interim ones are passed on, the final one goes out with the body's start."""
-        req = self._req
-        assert req is not None
+        req, svc = self._req, self._svc
+        assert req is not None and svc is not None
         rest = data
         while True:
             head, sep, after = rest.partition(b"\r\n\r\n")
@@ -306,15 +306,17 @@ class ServerSide(ExchangeState):
                 if req.upgrade is None:
                     self._bad_response("101 to a request that asked for no upgrade")
                     return
-                svc, server = self._svc, self._server
-                if svc is not None and server is not None:
+                server = self._server
+                if server is not None:
                     # A tunnel never ends like a response: its start is the success.
                     self._stats.server_succeeded(svc.pool.name, server.name)
                 self._start_tunnel(resp, rest)
                 return
             if status < 200:
                 if req.http11:
-                    self._transport.write(interim_head(resp))  # type: ignore[union-attr]
+                    fwd = svc.forwarding
+                    via = fwd.via if resp.http11 else fwd.via_http10
+                    self._transport.write(interim_head(resp, via))  # type: ignore[union-attr]
                 continue
             # One write for head and the first body bytes: a small response costs one send.
             self._response_body(rest, self._response_head(resp))
@@ -636,7 +638,13 @@ class ServerSide(ExchangeState):
         self._close_after = True
         upgrade = resp.header(b"upgrade") or req.upgrade
         self._transport.write(  # type: ignore[union-attr]
-            response_head(resp, close=False, http10_client=False, upgrade=upgrade)
+            response_head(
+                resp,
+                close=False,
+                http10_client=False,
+                upgrade=upgrade,
+                via=self._svc.forwarding.via if self._svc is not None else b"",
+            )
         )
         if rest:
             self._transport.write(rest)  # type: ignore[union-attr]
