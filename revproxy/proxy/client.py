@@ -18,7 +18,7 @@ import dataclasses
 from typing import cast
 
 from revproxy.http.chunked import ChunkedReader, ChunkError
-from revproxy.http.errors import HttpError
+from revproxy.http.errors import HttpError, error_response
 from revproxy.http.forward import Forwarding, request_head
 from revproxy.http.head import (
     CHUNKED,
@@ -272,7 +272,15 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             if line_end > lst.max_request_line:
                 raise HttpError(414, "request line too long")
             req = parse_request(head, lst.max_header_count)
-            svc = self._route(req)
+            try:
+                svc = self._route(req)
+            except HttpError as exc:
+                if req.body == NO_BODY and req.http11 and req.keep_alive and req.method != b"HEAD":
+                    # A well-framed request nothing serves: answered, and the connection
+                    # goes on (its next request may be for a service that exists).
+                    self._not_served(req, exc.status, now)
+                    return
+                raise
             if end > svc.max_header_bytes or len(req.headers) > svc.max_header_count:
                 raise HttpError(431, "request head too large")
             if line_end > svc.max_request_line and _line_end(head) > svc.max_request_line:
@@ -284,6 +292,19 @@ class ClientConnection(ServerSide, asyncio.Protocol):
             self._fail(exc.status)
             return
         self._start(req, svc, now)
+
+    def _not_served(self, req: Request, status: int, now: float) -> None:
+        lst = self._listener
+        log.debug("client %s: %d for %s", self._ip_str, status, req.path[:200])
+        lst.stats.request_done(
+            lst.name, self._ip_str, "", "", "", req, status, 0, 0, now, -1.0, now, b""
+        )  # fmt: skip
+        self._served += 1
+        self._transport.write(error_response(status, close=self._draining))  # type: ignore[union-attr]
+        if self._draining:
+            self._close()
+            return
+        self._arm_at(now + self._phase_timeout())
 
     def _route(self, req: Request) -> Service:
         # OPTIONS * asks about the server as a whole: it goes where "/" would go.

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import ProxyProcess, ScriptedServer, exchange, simple_config, wait_for
+from harness import (
+    ProxyProcess,
+    ResponseReader,
+    ScriptedServer,
+    connect,
+    exchange,
+    read_until_closed,
+    simple_config,
+    wait_for,
+)
 
 from revproxy import native
 
@@ -55,6 +64,39 @@ pool = "p"
         assert "request fields with '_' in their names not forwarded: X_Forwarded_For" in (
             proxy.log()
         )
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def test_a_request_no_service_takes_is_answered_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    server = ScriptedServer().start()
+    config = simple_config(server.port).replace('hosts = ["*"]', 'hosts = ["example.test"]')
+    proxy = ProxyProcess(config, tmp_path)
+    try:
+        with connect(proxy.port("plain")) as sock:
+            reader = ResponseReader(sock)
+            # Pipelined: a host nothing serves between two that are served.
+            sock.sendall(
+                b"GET /1 HTTP/1.1\r\nHost: example.test\r\n\r\n"
+                b"GET /2 HTTP/1.1\r\nHost: other.test\r\n\r\n"
+                b"GET /3 HTTP/1.1\r\nHost: example.test\r\n\r\n"
+            )
+            first, missed, third = reader.next(), reader.next(), reader.next()
+            assert (first.status, missed.status, third.status) == (200, 421, 200)
+            assert missed.header("connection") is None
+            assert third.body == b"ok GET /3 HTTP/1.1"
+            # With a body (not read) or for HEAD (no body to send) the answer closes.
+            sock.sendall(b"POST /4 HTTP/1.1\r\nHost: other.test\r\nContent-Length: 3\r\n\r\nabc")
+            closing = reader.next()
+            assert closing.status == 421 and closing.header("connection") == "close"
+            assert read_until_closed(sock)[1] in ("eof", "reset")
+        assert [r.request_line for r in server.requests] == [
+            b"GET /1 HTTP/1.1",
+            b"GET /3 HTTP/1.1",
+        ]
     finally:
         assert proxy.stop() == 0
         server.stop()
