@@ -58,6 +58,10 @@ class Forwarding:
     # field names to variables with "-" turned into "_" cannot tell them from the real ones.
     drop_underscored: bool = True
 
+    def via_for(self, http11: bool) -> bytes:
+        """The Via value for a message received as HTTP/1.1 (or later) or as HTTP/1.0."""
+        return self.via if http11 else self.via_http10
+
 
 # Drop sets for the Connection tokens seen (few different ones), bounded like a cache.
 _DROP_SETS: dict[frozenset[bytes], frozenset[bytes]] = {}
@@ -133,7 +137,7 @@ def request_head(
         append(b"X-Forwarded-Proto: " + scheme + b"\r\n")
     if fwd.x_forwarded_host and req.host:
         append(b"X-Forwarded-Host: " + req.host + b"\r\n")
-    via = fwd.via if req.http11 else fwd.via_http10
+    via = fwd.via_for(req.http11)
     if via:
         append(b"Via: " + via + b"\r\n")
     if request_id:

@@ -31,7 +31,8 @@ _SEQ = struct.Struct("<Q")
 
 ADMIN_STATES = ("enabled", "disabled", "draining")
 
-# {pool: {server address: {"up": bool, "admin": "enabled" | "disabled" | "draining"}}}
+# {pool: {server address: {"up": bool, "admin": "enabled" | "disabled" | "draining",
+#  "pending": true while a server that starts down waits for its first check result}}}
 ServerState = dict[str, dict[str, dict[str, Any]]]
 
 
@@ -91,6 +92,20 @@ class SharedState:
         if self.version == self._seen:
             return None
         return self.read()
+
+
+def any_pending(document: dict[str, Any] | None) -> bool | None:
+    """Whether a published document names a server still waiting for its first check;
+    None when there is no document (yet)."""
+    servers = document.get("servers") if document else None
+    if not isinstance(servers, dict):
+        return None
+    return any(
+        isinstance(entry, dict) and bool(entry.get("pending"))
+        for pool in servers.values()
+        if isinstance(pool, dict)
+        for entry in pool.values()
+    )
 
 
 def config_server_state(config: Config) -> ServerState:

@@ -30,7 +30,12 @@ import uvloop
 
 from revproxy.config.model import Config
 from revproxy.control.accesslog import AccessLog
-from revproxy.process.shared import SharedState, apply_server_state, config_server_state
+from revproxy.process.shared import (
+    SharedState,
+    any_pending,
+    apply_server_state,
+    config_server_state,
+)
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.proxied import ProxyProtocolServer
 from revproxy.proxy.runtime import TLS_SHUTDOWN, Runtime
@@ -216,16 +221,7 @@ async def first_checks(config: Config, shared: SharedState | None) -> None:
         return
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max(p.health.timeout for p in pools) + 1.0
-    while True:
-        document = shared.read()
-        servers = document.get("servers") if document else None
-        if isinstance(servers, dict) and not any(
-            isinstance(entry, dict) and entry.get("pending")
-            for pool in servers.values()
-            if isinstance(pool, dict)
-            for entry in pool.values()
-        ):
-            return
+    while any_pending(shared.read()) is not False:
         if loop.time() >= deadline:
             log.info("worker %d: serving before every server's first health check", os.getpid())
             return

@@ -294,11 +294,8 @@ class ClientConnection(ServerSide, asyncio.Protocol):
         self._start(req, svc, now)
 
     def _not_served(self, req: Request, status: int, now: float) -> None:
-        lst = self._listener
         log.debug("client %s: %d for %s", self._ip_str, status, req.path[:200])
-        lst.stats.request_done(
-            lst.name, self._ip_str, "", "", "", req, status, 0, 0, now, -1.0, now, b""
-        )  # fmt: skip
+        self._count_unserved(req, status, now)
         self._served += 1
         self._transport.write(error_response(status, close=self._draining))  # type: ignore[union-attr]
         if self._draining:

@@ -345,16 +345,19 @@ class ExchangeState:
         self._status = status
         if self._req is None:
             # Refused before it was routed (bad framing, limits, no service).
-            now = self._loop.time()
-            self._stats.request_done(
-                self._listener.name, self._ip_str, "", "", "", None, status, 0, 0, now, -1.0,
-                now, b"",
-            )  # fmt: skip
+            self._count_unserved(None, status, self._loop.time())
         self._abort_exchange()
         transport = self._transport
         if transport is not None and self._phase != CLOSED:
             transport.write(error_response(status, extra=extra))
         self._close(linger=True)
+
+    def _count_unserved(self, req: Request | None, status: int, now: float) -> None:
+        """Count (and log) a request answered by the proxy before any service took it."""
+        self._stats.request_done(
+            self._listener.name, self._ip_str, "", "", "", req, status, 0, 0, now, -1.0, now,
+            b"",
+        )  # fmt: skip
 
     def _abort_exchange(self) -> None:
         """Drop the server side of an unfinished exchange."""

@@ -189,7 +189,7 @@ class ProxyProtocolServer:
                 ssl_shutdown_timeout=TLS_SHUTDOWN if listener.ssl_context else None,
             )
         except (TimeoutError, OSError) as exc:
-            # A failed TLS handshake: counted by the listener's handshake sweep.
+            # A failed TLS handshake: counted by the listener when the protocol goes.
             log.debug("listener %s: client %s: %s", listener.name, client, exc)
         finally:
             self._opening.discard(task)

@@ -314,8 +314,7 @@ class ServerSide(ExchangeState):
                 return
             if status < 200:
                 if req.http11:
-                    fwd = svc.forwarding
-                    via = fwd.via if resp.http11 else fwd.via_http10
+                    via = svc.forwarding.via_for(resp.http11)
                     self._transport.write(interim_head(resp, via))  # type: ignore[union-attr]
                 continue
             # One write for head and the first body bytes: a small response costs one send.
@@ -372,13 +371,12 @@ class ServerSide(ExchangeState):
         self._resp_left = resp.content_length
         self._resp_chunks = ChunkedReader() if resp.body == CHUNKED else None
         self._arm_at(self._active + svc.t_server_body)
-        fwd = svc.forwarding
         return response_head(
             resp,
             close=self._close_after,
             http10_client=not req.http11,
             dechunk=dechunk,
-            via=fwd.via if resp.http11 else fwd.via_http10,
+            via=svc.forwarding.via_for(resp.http11),
             extra=extra,
         )
 
@@ -643,7 +641,7 @@ class ServerSide(ExchangeState):
                 close=False,
                 http10_client=False,
                 upgrade=upgrade,
-                via=self._svc.forwarding.via if self._svc is not None else b"",
+                via=self._svc.forwarding.via_for(True) if self._svc is not None else b"",
             )
         )
         if rest:

@@ -127,20 +127,16 @@ class Endpoint:
     def take_idle(self) -> ServerConnection | None:
         """The most recently used idle connection, or None.
 
-        One idle for the pool's idle timeout or longer is not used (the sweep that closes
-        them runs once a second): the server may be closing it just now.
+        Those idle for longer than the pool's idle timeout are closed first, not used (the
+        sweep that closes them runs once a second): the server may be closing them now.
         """
         idle = self.idle
+        if idle:
+            self.expire_idle(self._loop.time())
         while idle:
             conn = idle.pop()
-            if conn.closed:
-                continue
-            if self._loop.time() - conn.idle_since >= self.idle_timeout:
-                # The newest one is too old: so are all the others.
-                conn.close()
-                self.close_idle()
-                return None
-            return conn
+            if not conn.closed:
+                return conn
         return None
 
     def put_idle(self, conn: ServerConnection, now: float | None = None) -> None:
