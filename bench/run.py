@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +53,16 @@ class Scenario:
     path: str
     connections: int
     close: bool = False  # one connection per request
+    # Where the same-load runs ask instead, if not `path` (see same_load).
+    paced_path: str | None = None
 
     def url(self, proxy: Proxy) -> str:
         port = proxy.tls_port if self.scheme == "https" else proxy.plain_port
         return f"{self.scheme}://127.0.0.1:{port}{self.path}"
+
+    def paced(self) -> Scenario:
+        """The scenario as the same-load runs measure it."""
+        return self if self.paced_path is None else replace(self, path=self.paced_path)
 
 
 @dataclass
@@ -151,7 +157,9 @@ def scenarios_from(args: argparse.Namespace) -> list[Scenario]:
     known = {
         "keepalive-plain": Scenario("keepalive-plain", "http", "/small", args.connections),
         "keepalive-tls": Scenario("keepalive-tls", "https", "/small", args.connections),
-        "1mib": Scenario("1mib", "http", "/1m", args.big_connections),
+        "1mib": Scenario(
+            "1mib", "http", "/1m", args.big_connections, paced_path=setup_files.PROMPT_1M
+        ),
         "tls-new-conn": Scenario("tls-new-conn", "https", "/small", args.connections, True),
     }
     chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -309,6 +317,7 @@ def check_content(proxy: Proxy) -> None:
         (f"http://127.0.0.1:{proxy.plain_port}/small", len(setup_files.SMALL_BODY)),
         (f"https://127.0.0.1:{proxy.tls_port}/small", len(setup_files.SMALL_BODY)),
         (f"http://127.0.0.1:{proxy.plain_port}/1m", setup_files.ONE_MIB),
+        (f"http://127.0.0.1:{proxy.plain_port}{setup_files.PROMPT_1M}", setup_files.ONE_MIB),
         (f"https://127.0.0.1:{proxy.tls_port}/1m", setup_files.ONE_MIB),
     ]
     for url, size in checks:
@@ -511,12 +520,32 @@ def same_load(
     at the same offered load below both maxima it shows how long each makes a request wait.
     For plain HTTP scenarios the backend is also measured alone at that load (`backend`):
     what both proxies inherit from it, such as its own latency tail.
+
+    A scenario with a `paced_path` is measured there (the backend sending promptly), and
+    then once more on its own path at the same load, kept under "corked": not judged,
+    shown beside it (see the README, "Latency at the same load").
     """
     carried = [saturated[p.name]["rps"] for p in proxies if saturated.get(p.name)]
     if len(carried) != 2:
         return None
     rate = args.same_load * min(carried)
     pacing = (rate, pacing_script(tmp, scenario.connections, rate))
+    result = _paced_set(args, proxies, scenario.paced(), pacing, runs, backend)
+    if scenario.paced_path is not None:
+        result["corked"] = _paced_set(args, proxies, scenario, pacing, runs, backend)
+    return result
+
+
+def _paced_set(
+    args: argparse.Namespace,
+    proxies: list[Proxy],
+    scenario: Scenario,
+    pacing: tuple[float, Path],
+    runs: list[dict[str, Any]],
+    backend: Proxy | None,
+) -> dict[str, Any]:
+    """Each proxy twice at the offered load (and the backend alone for plain HTTP)."""
+    rate = pacing[0]
     paced: dict[str, dict[str, Any]] = {}
     order = proxies + proxies[::-1]
     if backend is not None and scenario.scheme == "http":
@@ -526,7 +555,10 @@ def same_load(
         run = measure(proxy, scenario, args.duration, round_no, pacing)
         run["same_load"] = True
         runs.append(run)
-        print(f"  {scenario.name:<16} {proxy.name:<9} {describe(run)}  at {rate:.0f} rps offered")
+        print(
+            f"  {scenario.name:<16} {proxy.name:<9} {describe(run)}  at {rate:.0f} rps offered"
+            f" ({scenario.path})"
+        )
         time.sleep(0.5)
         # Of each proxy's two runs, the one with the lower p99: the least disturbed.
         kept = paced.get(proxy.name)
@@ -535,6 +567,7 @@ def same_load(
     nginx, revproxy = paced.get("nginx"), paced.get("revproxy")
     return {
         "offered_rps": round(rate),
+        "path": scenario.path,
         "nginx": nginx,
         "revproxy": revproxy,
         "backend": paced.get("backend"),
@@ -705,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.same_load > 0 and len(proxies) == 2:
             n_runs += 4  # and 2 of the backend alone in each plain HTTP scenario
         estimate = len(scenarios) * n_runs * (args.duration + 0.6)
+        if args.same_load > 0 and len(proxies) == 2:
+            twice = sum(1 for s in scenarios if s.paced_path is not None)
+            estimate += twice * 6 * (args.duration + 0.6)
         print(
             f"bench: {len(scenarios)} scenarios x {n_runs} runs of"
             f" {args.duration:g} s (about {estimate:.0f} s), then the big transfers",

@@ -21,6 +21,8 @@ from cryptography.x509.oid import NameOID
 
 SMALL_BODY = "revproxy bench: a small response body, padded to one hundred bytes " + "." * 31
 ONE_MIB = 1 << 20
+# /1m again, from a backend location without tcp_nopush (see backend_nginx_conf).
+PROMPT_1M = "/1m-prompt"
 ONE_GIB = 1 << 30
 
 # Keep-alive connections are never recycled by count during a run: a cap would add
@@ -129,6 +131,12 @@ def backend_nginx_conf(prefix: Path, www: Path, port: int) -> str:
         }}
         location = /1m {{
             default_type application/octet-stream;
+        }}
+        # The same file sent as it is read, without TCP_CORK: the same-load runs.
+        location = {PROMPT_1M} {{
+            default_type application/octet-stream;
+            tcp_nopush off;
+            alias {www}/1m;
         }}
         location = /1g {{
             default_type application/octet-stream;

@@ -82,6 +82,36 @@ def test_same_load_table_shows_the_backend_alone_beside_the_proxies() -> None:
     assert row.split()[-2:] == ["1.06", "-"]
 
 
+def test_same_load_on_a_prompt_backend_is_judged_and_the_corked_one_shown() -> None:
+    # 1 MiB: judged where the backend sends without TCP_CORK; the corked path's tail (the
+    # backend's own, 70 ms alone) is a row of its own and no target.
+    def paced(path: str, nginx_p99: float, revproxy_p99: float, alone: float) -> dict:
+        return {
+            "offered_rps": 393,
+            "path": path,
+            "nginx": _run(380, nginx_p99),
+            "revproxy": _run(390, revproxy_p99),
+            "backend": _run(392, alone),
+            "ratios": report.compare(_run(380, nginx_p99), _run(390, revproxy_p99)),
+        }
+
+    same = paced("/1m-prompt", 0.0099, 0.0032, 0.0024)
+    same["corked"] = paced("/1m", 0.057, 0.082, 0.070)
+    flat_out = {"nginx": _run(787, 0.06), "revproxy": _run(1374, 0.02)}
+    flat_out["ratios"] = report.compare(flat_out["nginx"], flat_out["revproxy"])
+    scenarios = {"1mib": {**flat_out, "same_load": same}}
+    lines = report.same_load_table(scenarios).splitlines()
+    judged = next(line for line in lines if line.startswith("1mib "))
+    corked = next(line for line in lines if line.startswith("1mib, corked backend"))
+    assert judged.split()[-2:] == ["0.32", "2.40ms"]
+    assert corked.split()[-2:] == ["1.44", "70.00ms"]
+    p99 = [t for t in report.targets(scenarios, []) if "p99" in t["target"]]
+    assert [t["target"] for t in p99] == [
+        "1mib: p99 ratio at the same load (393 rps, /1m-prompt) <= 1.5"
+    ]
+    assert p99[0]["value"] == pytest.approx(0.0032 / 0.0099)
+
+
 def test_cpu_table_splits_user_and_system_time_per_request() -> None:
     measured = {"ok": True, "requests": 20000, "cpu_user_s": 0.3, "cpu_system_s": 0.5}
     before_split = {"ok": True, "requests": 20000, "cpu_s": 0.8}  # a run kept from before
