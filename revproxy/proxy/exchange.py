@@ -144,6 +144,11 @@ class ExchangeState:
     def _send_up(self, data: bytes) -> None:
         raise NotImplementedError
 
+    # The server side provides this (serverside.py).
+
+    def _retry_timed_out(self) -> bool:
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- ending an exchange
 
     def _end_exchange(self, now: float | None = None) -> None:
@@ -302,7 +307,7 @@ class ExchangeState:
             log.info("client %s: request body idle timeout", self._ip_str)
             stats.timed_out("client_body")
             self._fail(408)
-        else:
+        elif not self._retry_timed_out():
             self._server_timed_out("no response in time", "server_response")
 
     def _server_timed_out(self, why: str, kind: str) -> None:

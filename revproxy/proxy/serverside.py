@@ -246,6 +246,44 @@ class ServerSide(ExchangeState):
         log.warning("server %s: closed the connection before answering; tried another", label)
         return True
 
+    def _retry_timed_out(self) -> bool:
+        """Send a request its server did not answer in time to another server, if safe.
+
+        As for a connection closed before any response byte: only an idempotent request
+        whose bytes are all kept, not on a connection an NTLM handshake is pinned to, within
+        the service's retries and retry_window (a response timeout longer than the window,
+        as by default, is answered 504). The silent server's connection is dropped and the
+        timeout counts against it. False when there is nothing to try: the caller answers.
+        """
+        req, svc, server, up = self._req, self._svc, self._server, self._up
+        if (
+            req is None
+            or svc is None
+            or server is None
+            or up is None
+            or self._sent is None
+            or self._resp_seen
+            or not self._req_done
+            or up is self._pinned
+            or req.method not in IDEMPOTENT
+            or self._replays >= svc.retries
+            or self._loop.time() - self._t0 >= svc.retry_window
+        ):
+            return False
+        label = self._server_label()
+        self._stats.timed_out("server_response")
+        self._up = None
+        up.abort()
+        self._resp_buf.clear()
+        self._pending = list(self._sent)
+        self._pending_size = self._sent_size
+        if not self._try_another(server, "timeout"):
+            log.warning("server %s: no response in time", label)
+            self._fail(504)
+            return True
+        log.warning("server %s: no response in time; tried another", label)
+        return True
+
     def server_data(self, conn: ServerConnection, data: bytes) -> None:
         if conn is not self._up:
             # Bytes from a pinned connection between requests: it is out of step.

@@ -5,7 +5,9 @@ connection to that server, once per server; a connection never made (refused, ti
 spends none of the service's retries; each new attempt starts its own connect deadline; a
 response cut by its server counts against that server; an idle server connection older
 than the pool's idle_timeout is not reused; an NTLM-pinned connection is given up when its
-server is disabled or down (a draining one keeps it); log lines name the server and pool
+server is disabled or down (a draining one keeps it); an idempotent request its server does
+not answer in time goes to another server within the retry budget; log lines name the server
+and pool
 after a failed retry; and a non-ASCII TLS server name costs one warning, not a traceback
 per connection.
 """
@@ -19,6 +21,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +311,100 @@ def test_responses_cut_mid_body_mark_the_server_down(
     seen = len(server.requests)
     assert _status_or_cut(proxy.port("plain")) == 503
     assert len(server.requests) == seen
+
+
+# ----------------------------------------------------------------------- response timeouts
+
+RESPONSE_TIMEOUT = "\n[services.main.timeouts]\nserver_response_header = 1\n"
+
+
+def _silent_until(release: threading.Event):  # type: ignore[no-untyped-def]
+    """Takes each request and says nothing until `release` is set, then closes."""
+
+    def respond(req: Received, sock: socket.socket) -> None:
+        release.wait(20)
+        sock.close()
+
+    return respond
+
+
+def _call(port: int, method: str, path: str) -> tuple[int, bytes, float]:
+    """One request on a new connection: (status, body, seconds it took)."""
+    body = b"x" if method == "POST" else b""
+    extra = f"Content-Length: {len(body)}\r\n" if body else ""
+    start = time.monotonic()
+    with connect(port) as sock:
+        head = f"{method} {path} HTTP/1.1\r\nHost: failover.test\r\n{extra}"
+        sock.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
+        resp = ResponseReader(sock).next()
+    return resp.status, resp.body, time.monotonic() - start
+
+
+def test_unanswered_idempotent_request_goes_to_another_server(
+    tmp_path: Path, servers: list[ScriptedServer], proxies: list[ProxyProcess]
+) -> None:
+    release = threading.Event()
+    silent = ScriptedServer(_silent_until(release)).start()
+    live = ScriptedServer(_named("live")).start()
+    servers += [silent, live]
+    try:
+        config = simple_config(0, servers=[silent.port, live.port], service_extra=RESPONSE_TIMEOUT)
+        proxy = _start(proxies, tmp_path, config)
+        port = proxy.port("plain")
+        results = [_call(port, "GET", f"/g{i}") for i in range(3)]
+        # Round robin gives the silent server one of the first two requests: it answers
+        # nothing within the second, and the request is answered by the other server.
+        assert [status for status, _, _ in results] == [200, 200, 200], proxy.log()
+        assert all(body.startswith(b"live ") for _, body, _ in results)
+        assert silent.requests, "the silent server was never tried"
+        assert [r.request_line for r in live.requests] == [
+            f"GET /g{i} HTTP/1.1".encode() for i in range(3)
+        ]
+        retried = [t for (_, _, t), i in zip(results, range(3), strict=True) if t >= 0.9]
+        assert len(retried) == len(silent.requests)
+        log = proxy.log()
+        assert f"server 127.0.0.1:{silent.port} (pool p): no response in time; tried" in log
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize(
+    ("method", "service_extra"),
+    [
+        ("POST", ""),  # not idempotent: the server may have acted on it
+        ("GET", "retries = 0"),
+        ("GET", "retry_window = 0.5"),  # the timeout ends after the window
+    ],
+    ids=["post", "no-retries", "past-the-window"],
+)
+def test_unanswered_request_gets_504_when_no_retry_is_allowed(
+    tmp_path: Path,
+    servers: list[ScriptedServer],
+    proxies: list[ProxyProcess],
+    method: str,
+    service_extra: str,
+) -> None:
+    release = threading.Event()
+    silent = ScriptedServer(_silent_until(release)).start()
+    live = ScriptedServer(_named("live")).start()
+    servers += [silent, live]
+    try:
+        extra = service_extra + RESPONSE_TIMEOUT
+        config = simple_config(0, servers=[silent.port, live.port], service_extra=extra)
+        proxy = _start(proxies, tmp_path, config)
+        port = proxy.port("plain")
+        results = [_call(port, method, f"/n{i}") for i in range(2)]
+        # One request each (round robin): the silent server's one is answered 504 after
+        # the response timeout and never reaches the other server.
+        assert sorted(status for status, _, _ in results) == [200, 504], proxy.log()
+        timed_out = next(r for r in results if r[0] == 504)
+        assert timed_out[2] >= 0.9
+        (lost,) = silent.requests
+        assert lost.request_line not in [r.request_line for r in live.requests]
+        assert len(live.requests) == 1
+        assert "tried another" not in proxy.log()
+    finally:
+        release.set()
 
 
 # ----------------------------------------------------------------------- idle connections
