@@ -41,6 +41,7 @@ MODULES = (
     "revproxy.proxy.serverside",
     "revproxy.proxy.stats",
     "revproxy.proxy.upstream",
+    "revproxy.tls.layer",
     "revproxy.tls.names",
 )
 

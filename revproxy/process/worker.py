@@ -38,8 +38,9 @@ from revproxy.process.shared import (
 )
 from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.proxied import ProxyProtocolServer
-from revproxy.proxy.runtime import TLS_SHUTDOWN, Runtime
+from revproxy.proxy.runtime import Runtime
 from revproxy.proxy.stats import WorkerStats
+from revproxy.tls.layer import TLSLayer
 
 log = logging.getLogger("revproxy.worker")
 
@@ -172,7 +173,11 @@ def apply_shared_state(runtime: Runtime, shared: SharedState | None, initial: bo
 
 
 class HandshakeToken:
-    """Held by a TLS connection's protocol until its handshake completes (weakly watched)."""
+    """Held by a TLS connection's protocol until its handshake completes (weakly watched).
+
+    Only on PROXY protocol listeners, whose TLS is the event loop's; the other listeners'
+    TLS layer counts its handshakes itself.
+    """
 
     __slots__ = ("__weakref__",)
 
@@ -273,24 +278,30 @@ async def _serve_with(
     registry: set[ClientConnection] = set()
     servers: list[asyncio.AbstractServer | ProxyProtocolServer] = []
     for listener in runtime.listeners.values():
-
-        def factory(listener=listener) -> ClientConnection:  # type: ignore[no-untyped-def]
-            conn = ClientConnection(listener, registry)
-            if listener.ssl_context is not None:
-                conn.handshake_token = token = HandshakeToken()
-                listener.handshake_started(token, loop.time())
-            return conn
-
         if listener.config.proxy_protocol:
+            # TLS starts after the PROXY header, on the event loop's TLS transport.
+
+            def factory(listener=listener) -> ClientConnection:  # type: ignore[no-untyped-def]
+                conn = ClientConnection(listener, registry)
+                if listener.ssl_context is not None:
+                    conn.handshake_token = token = HandshakeToken()
+                    listener.handshake_started(token, loop.time())
+                return conn
+
             servers.append(ProxyProtocolServer(loop, sockets[listener.name], listener, factory))
             continue
+        if listener.ssl_context is not None:
+
+            def accept(listener=listener) -> asyncio.Protocol:  # type: ignore[no-untyped-def]
+                return TLSLayer(listener, ClientConnection(listener, registry))
+
+        else:
+
+            def accept(listener=listener) -> asyncio.Protocol:  # type: ignore[no-untyped-def]
+                return ClientConnection(listener, registry)
+
         server = await loop.create_server(
-            factory,
-            sock=sockets[listener.name],
-            ssl=listener.ssl_context,
-            ssl_handshake_timeout=listener.t_header if listener.ssl_context else None,
-            ssl_shutdown_timeout=TLS_SHUTDOWN if listener.ssl_context else None,
-            backlog=listener.config.backlog,
+            accept, sock=sockets[listener.name], backlog=listener.config.backlog
         )
         servers.append(server)
     reporter.listening = True
@@ -356,7 +367,7 @@ async def _serve_with(
     def busy() -> bool:
         return (
             bool(registry)
-            or any(listener.handshaking for listener in listeners)
+            or any(listener.handshaking or listener.tls_handshaking for listener in listeners)
             or any(s.pending for s in proxied)
         )
 

@@ -31,8 +31,10 @@ log = logging.getLogger("revproxy.proxy")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-# Seconds a closing TLS connection waits for the client's close_notify after sending its
-# own (the event loop's default is 30 s: a client keeping its socket open held it that long).
+# Seconds a closing TLS connection on the event loop's TLS transport (PROXY protocol
+# listeners) waits for the client's close_notify after sending its own (the loop's default
+# is 30 s: a client keeping its socket open held it that long). The other listeners' TLS
+# layer (tls/layer.py) does not wait.
 TLS_SHUTDOWN: Final = 3.0
 
 
@@ -173,6 +175,7 @@ class Listener:
         "sni_reject",
         "max_connections",
         "handshaking",
+        "tls_handshaking",
         "draining",
         "_refused",
     )
@@ -204,6 +207,9 @@ class Listener:
         # handshake completed failed it (_handshake_gone); one still here after the header
         # timeout is counted as failed.
         self.handshaking: dict[weakref.ref[object], float] = {}
+        # Handshakes under way on connections with their own TLS layer (tls/layer.py),
+        # which counts them itself (and the failed ones).
+        self.tls_handshaking = 0
         # The worker is stopping: a connection that completes its handshake now is drained
         # at once (answered with Connection: close).
         self.draining = False

@@ -1,0 +1,314 @@
+"""Server-side TLS over a plain TCP transport, for the listeners' client connections.
+
+A `TLSLayer` is the protocol of an accepted socket and the transport of the connection's
+ClientConnection: bytes from the socket go into OpenSSL through a memory BIO and the
+plaintext to the client connection; what it writes is encrypted at once and handed to the
+socket's transport, which does all the buffering. So write flow control, pause_reading and
+resume_reading are the socket transport's own, passed through.
+
+Why not the event loop's TLS transport: per connection it adds a second transport object,
+a future and a callback for the handshake and a copy of the context for every write; doing
+the same work here costs less CPU per new connection and per request.
+
+The handshake has the listener's header timeout. A refused handshake (a name no
+certificate serves with unknown_sni = "reject", a protocol version or cipher the listener
+does not speak) sends its alert before the connection closes. Closing sends close_notify
+and closes the socket once what was written is sent, without waiting for the client's own
+close_notify (as nginx does). The listener counts handshakes under way
+(`Listener.tls_handshaking`: a stopping worker waits for them) and failed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from typing import Any, Final, cast
+
+from revproxy.proxy.runtime import Listener
+
+# A TLS record carries at most 16 KiB of plaintext, and one read returns one record.
+READ_SIZE: Final = 16384
+
+HANDSHAKE: Final = 0
+OPEN: Final = 1
+CLOSING: Final = 2
+CLOSED: Final = 3
+
+
+class TLSLayer(asyncio.Protocol):
+    """TLS for one accepted client connection (see the module docstring)."""
+
+    def __init__(self, listener: Listener, app: asyncio.Protocol) -> None:
+        context = listener.ssl_context
+        assert context is not None
+        self._listener = listener
+        self._context: ssl.SSLContext = context
+        self._app = app
+        self._app_up = False  # the client connection has had connection_made
+        self._tcp: Any = None  # the socket's transport
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._obj: ssl.SSLObject | None = None
+        self._raw: Any = None  # the C object under _obj: its methods, called directly
+        self._state = HANDSHAKE
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading = True  # the client connection has not paused reading
+        self._read_soon = False
+        self._error: Exception | None = None
+
+    # ----------------------------------------------------------- the socket's protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = transport
+        listener = self._listener
+        obj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._obj = obj
+        self._raw = obj._sslobj  # type: ignore[attr-defined]
+        listener.tls_handshaking += 1
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(listener.t_header, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        state = self._state
+        if state == OPEN:
+            if self._reading:
+                self._read()
+        elif state == HANDSHAKE:
+            self._handshake()
+        # Closing or closed: what the client still sends is dropped.
+
+    def eof_received(self) -> bool:
+        # The client's FIN: a TLS connection ends with it (also after close_notify).
+        if self._state == HANDSHAKE:
+            self._handshake_failed()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._state == HANDSHAKE:
+            self._handshake_failed()
+        self._state = CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._app_up:
+            self._app_up = False
+            self._app.connection_lost(exc if exc is not None else self._error)
+
+    def pause_writing(self) -> None:
+        if self._app_up:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app_up:
+            self._app.resume_writing()
+
+    # ------------------------------------------------------------------------ handshake
+
+    def _handshake(self) -> None:
+        try:
+            self._raw.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            # Refused: the alert OpenSSL wrote goes out before the connection closes.
+            self._error = exc
+            self._handshake_failed()
+            tcp = self._tcp
+            if tcp is not None:
+                self._flush()
+                tcp.close()
+            return
+        self._state = OPEN
+        listener = self._listener
+        listener.tls_handshaking -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush()  # session tickets
+        self._app_up = True
+        self._app.connection_made(cast(asyncio.Transport, self))
+        if self._state == OPEN and self._reading and self._incoming.pending:
+            # The first request often comes with the client's last handshake message.
+            self._read()
+
+    def _handshake_failed(self) -> None:
+        """Count a handshake that did not complete (once) and end the connection's part."""
+        if self._state == HANDSHAKE:
+            self._state = CLOSED
+            self._listener.tls_handshaking -= 1
+            self._listener.stats.tls_handshake_failed(self._listener.name)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self._state == HANDSHAKE:
+            self._handshake_failed()
+            if self._tcp is not None:
+                self._tcp.abort()
+
+    # ------------------------------------------------------------------------- records
+
+    def _read(self) -> None:
+        """Decrypt what has arrived and hand the plaintext on in one piece."""
+        raw = self._raw
+        incoming = self._incoming
+        first = b""
+        more: list[bytes] | None = None
+        closed = False
+        try:
+            while incoming.pending or raw.pending():
+                chunk = raw.read(READ_SIZE)
+                if not chunk:
+                    closed = True  # the client's close_notify
+                    break
+                if not first:
+                    first = chunk
+                elif more is None:
+                    more = [first, chunk]
+                else:
+                    more.append(chunk)
+        except ssl.SSLWantReadError:
+            pass  # the rest of a record is still on its way
+        except ssl.SSLError as exc:
+            self._fatal(exc)
+            return
+        if first:
+            self._app.data_received(b"".join(more) if more is not None else first)
+        if closed and self._state == OPEN:
+            self._app.eof_received()
+            self.close()
+            return
+        if self._outgoing.pending:
+            self._flush()  # a reply to a key update
+
+    def _read_later(self) -> None:
+        self._read_soon = False
+        if self._state == OPEN and self._reading:
+            self._read()
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data and self._tcp is not None:
+            self._tcp.write(data)
+
+    def _fatal(self, exc: Exception) -> None:
+        """A broken record or protocol error: the connection is cut."""
+        self._error = exc
+        self._state = CLOSING
+        if self._tcp is not None:
+            self._tcp.abort()
+
+    # ---------------------------------------------------- the client connection's transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._state != OPEN or not data:
+            return
+        try:
+            self._raw.write(data)
+        except ssl.SSLError as exc:
+            self._fatal(exc)
+            return
+        tcp = self._tcp
+        assert tcp is not None
+        tcp.write(self._outgoing.read())
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        if self._state != OPEN:
+            return
+        raw = self._raw
+        try:
+            for data in list_of_data:
+                if data:
+                    raw.write(data)
+        except ssl.SSLError as exc:
+            self._fatal(exc)
+            return
+        tcp = self._tcp
+        assert tcp is not None
+        tcp.write(self._outgoing.read())
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has no half-close
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot be half-closed")
+
+    def close(self) -> None:
+        """close_notify, then close once what was written is sent."""
+        if self._state != OPEN:
+            if self._state == HANDSHAKE and self._tcp is not None:
+                self._tcp.close()
+            return
+        self._state = CLOSING
+        try:
+            self._raw.shutdown()
+        except (ssl.SSLError, OSError, ValueError):
+            pass  # sent ours; the client's is not awaited
+        self._flush()
+        tcp = self._tcp
+        assert tcp is not None
+        tcp.close()
+
+    def abort(self) -> None:
+        if self._state == OPEN:
+            self._state = CLOSING
+        tcp = self._tcp
+        if tcp is not None:
+            tcp.abort()
+
+    def is_closing(self) -> bool:
+        tcp = self._tcp
+        return self._state != OPEN or tcp is None or tcp.is_closing()
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            tcp = self._tcp
+            if tcp is not None and not tcp.is_closing():
+                tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        tcp = self._tcp
+        if tcp is not None and not tcp.is_closing():
+            tcp.resume_reading()
+        if self._incoming.pending and not self._read_soon and self._state == OPEN:
+            # Records that came before the pause: handed on from the loop, not from inside
+            # the caller.
+            self._read_soon = True
+            asyncio.get_running_loop().call_soon(self._read_later)
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        tcp = self._tcp
+        assert tcp is not None
+        tcp.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        tcp = self._tcp
+        return tcp.get_write_buffer_size() if tcp is not None else 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        obj = self._obj
+        if name == "ssl_object":
+            return obj
+        if obj is not None:
+            if name == "sslcontext":
+                return obj.context
+            if name == "peercert":
+                return obj.getpeercert()
+            if name == "cipher":
+                return obj.cipher()
+            if name == "compression":
+                return obj.compression()
+        tcp = self._tcp
+        return tcp.get_extra_info(name, default) if tcp is not None else default

@@ -1,0 +1,136 @@
+"""The listeners' TLS layer, through the real proxy with real TLS clients.
+
+Pipelined requests whose responses outrun the client pass the layer's read pause and come
+back whole and in order; a large upload streams through it; a client's close_notify is
+answered with the proxy's and the connection ends; a client that never starts its
+handshake is cut at the header timeout and counted as a failed handshake.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from harness import (
+    ProxyProcess,
+    Received,
+    ResponseReader,
+    ScriptedServer,
+    admin_url,
+    closed_by_peer,
+    http_call,
+    http_response,
+    issue_cert,
+    simple_config,
+    wait_for,
+    with_tls,
+)
+
+BIG = 300_000  # bytes per response: 20 of them are far more than the write buffers hold
+
+
+def _sized(req: Received, sock: socket.socket) -> bytes:
+    """/big/N answers BIG bytes of the letter for N; other paths echo the body's length."""
+    path = req.request_line.split()[1].decode()
+    if path.startswith("/big/"):
+        letter = chr(ord("a") + int(path.rsplit("/", 1)[1]) % 26).encode()
+        return http_response(200, letter * BIG)
+    return http_response(200, f"{path} {len(req.body)}".encode())
+
+
+@pytest.fixture
+def tls_proxy(tmp_path: Path) -> Iterator[tuple[ProxyProcess, ssl.SSLContext]]:
+    ca = trustme.CA()
+    server = ScriptedServer(_sized).start()
+    extra = '[services.main.timeouts]\nclient_header = 1\n\n[admin]\nbind = "127.0.0.1:0"\n'
+    config = with_tls(
+        simple_config(server.port, service_extra=extra), [issue_cert(ca, "a.test", tmp_path)]
+    )
+    proxy = ProxyProcess(config, tmp_path)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    try:
+        yield proxy, client
+    finally:
+        assert proxy.stop() == 0
+        server.stop()
+
+
+def _tls(proxy: ProxyProcess, client: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", proxy.port("plain")), timeout=10)
+    return client.wrap_socket(raw, server_hostname="a.test")
+
+
+def test_pipelined_requests_outrunning_the_client_come_back_whole_and_in_order(
+    tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
+) -> None:
+    proxy, client = tls_proxy
+    with _tls(proxy, client) as sock:
+        # 20 requests in one write; the client reads nothing until all are sent, so the
+        # proxy pauses reading (records wait in the layer) and resumes as it drains.
+        sock.sendall(
+            b"".join(b"GET /big/%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i for i in range(20))
+        )
+        reader = ResponseReader(sock)
+        for i in range(20):
+            try:
+                resp = reader.next()
+            except EOFError:
+                raise AssertionError(f"closed before response {i}: {proxy.log()}") from None
+            letter = chr(ord("a") + i).encode()
+            assert resp.status == 200, i
+            assert resp.body == letter * BIG, i
+        sock.sendall(b"GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert reader.next().body == b"/after 0"
+
+
+def test_large_upload_streams_through(tls_proxy: tuple[ProxyProcess, ssl.SSLContext]) -> None:
+    proxy, client = tls_proxy
+    size = 8 * 1024 * 1024
+    with _tls(proxy, client) as sock:
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % size)
+        chunk = b"u" * 65536
+        for _ in range(size // len(chunk)):
+            sock.sendall(chunk)
+        resp = ResponseReader(sock).next()
+        assert (resp.status, resp.body) == (200, b"/up %d" % size)
+
+
+def test_client_close_notify_is_answered_and_the_connection_ends(
+    tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
+) -> None:
+    proxy, client = tls_proxy
+    sock = _tls(proxy, client)
+    try:
+        sock.sendall(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert ResponseReader(sock).next().body == b"/one 0"
+        # The client ends TLS on a kept-alive connection: unwrap returns once the proxy's
+        # own close_notify arrives, and the TCP connection then closes.
+        plain = sock.unwrap()
+        assert closed_by_peer(plain, 5.0)
+        plain.close()
+    finally:
+        sock.close()
+
+
+def test_client_that_never_starts_its_handshake_is_cut_and_counted(
+    tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
+) -> None:
+    proxy, _ = tls_proxy
+    admin = admin_url(proxy)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", proxy.port("plain")), timeout=10) as sock:
+        # No ClientHello: the header timeout (1 s) ends the handshake.
+        assert closed_by_peer(sock, 6.0)
+    assert 0.9 <= time.monotonic() - started < 5.0
+
+    def counted() -> bool:
+        text = http_call(admin + "/metrics")[1].decode()
+        return 'revproxy_tls_handshake_failures_total{listener="plain"} 1.0' in text
+
+    wait_for(counted, 10, "the failed handshake in the metrics")
