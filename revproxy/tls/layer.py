@@ -161,7 +161,10 @@ class TLSLayer(asyncio.Protocol):
         more: list[bytes] | None = None
         closed = False
         try:
-            while incoming.pending or raw.pending():
+            # Each read takes a whole record (READ_SIZE is the largest a record holds), so
+            # nothing stays decrypted inside OpenSSL between reads: what is left to read is
+            # what the incoming BIO holds. Callers come with bytes in it.
+            while True:
                 chunk = raw.read(READ_SIZE)
                 if not chunk:
                     closed = True  # the client's close_notify
@@ -172,6 +175,8 @@ class TLSLayer(asyncio.Protocol):
                     more = [first, chunk]
                 else:
                     more.append(chunk)
+                if not incoming.pending:
+                    break
         except ssl.SSLWantReadError:
             pass  # the rest of a record is still on its way
         except ssl.SSLError as exc:
@@ -188,7 +193,7 @@ class TLSLayer(asyncio.Protocol):
 
     def _read_later(self) -> None:
         self._read_soon = False
-        if self._state == OPEN and self._reading:
+        if self._state == OPEN and self._reading and self._incoming.pending:
             self._read()
 
     def _flush(self) -> None:
