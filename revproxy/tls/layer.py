@@ -44,7 +44,7 @@ class TLSLayer(asyncio.Protocol):
         assert context is not None
         self._listener = listener
         self._context: ssl.SSLContext = context
-        self._app = app
+        self._app: asyncio.Protocol | None = app  # dropped once the connection is over
         self._app_up = False  # the client connection has had connection_made
         self._tcp: Any = None  # the socket's transport
         self._incoming = ssl.MemoryBIO()
@@ -62,22 +62,32 @@ class TLSLayer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp = transport
         listener = self._listener
-        obj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        try:
+            obj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        except (ssl.SSLError, OSError, ValueError, MemoryError):
+            self._state = CLOSED
+            self._app = None
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self._obj = obj
         self._raw = obj._sslobj  # type: ignore[attr-defined]
         listener.tls_handshaking += 1
         loop = asyncio.get_running_loop()
+        # Until the client connection has the connection: a handshake that fails ends with
+        # a close (its alert first), and a client not reading that alert is cut here too.
         self._timer = loop.call_later(listener.t_header, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
         state = self._state
         if state == OPEN:
+            self._incoming.write(data)
             if self._reading:
                 self._read()
         elif state == HANDSHAKE:
+            self._incoming.write(data)
             self._handshake()
-        # Closing or closed: what the client still sends is dropped.
+        # Closing or closed: what the client still sends is read and dropped (a close with
+        # unread bytes would reset the connection and could destroy the last response).
 
     def eof_received(self) -> bool:
         # The client's FIN: a TLS connection ends with it (also after close_notify).
@@ -92,17 +102,24 @@ class TLSLayer(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._app_up:
+        app, self._app = self._app, None
+        # The client connection holds this layer as its transport: no reference back, so
+        # both go when they are done with, without waiting for the cycle collector.
+        self._obj = None
+        self._raw = None
+        if self._app_up and app is not None:
             self._app_up = False
-            self._app.connection_lost(exc if exc is not None else self._error)
+            app.connection_lost(exc if exc is not None else self._error)
 
     def pause_writing(self) -> None:
-        if self._app_up:
-            self._app.pause_writing()
+        app = self._app
+        if self._app_up and app is not None:
+            app.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._app_up:
-            self._app.resume_writing()
+        app = self._app
+        if self._app_up and app is not None:
+            app.resume_writing()
 
     # ------------------------------------------------------------------------ handshake
 
@@ -113,8 +130,9 @@ class TLSLayer(asyncio.Protocol):
             self._flush()
             return
         except (ssl.SSLError, OSError, ValueError) as exc:
-            # Refused: the alert OpenSSL wrote goes out before the connection closes.
-            self._error = exc
+            # Refused: the alert OpenSSL wrote goes out before the connection closes. (Kept
+            # without its traceback, which would hold this frame and so this object.)
+            self._error = exc.with_traceback(None)
             self._handshake_failed()
             tcp = self._tcp
             if tcp is not None:
@@ -128,28 +146,28 @@ class TLSLayer(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._flush()  # session tickets
+        app = self._app
+        assert app is not None
         self._app_up = True
-        self._app.connection_made(cast(asyncio.Transport, self))
+        app.connection_made(cast(asyncio.Transport, self))
         if self._state == OPEN and self._reading and self._incoming.pending:
             # The first request often comes with the client's last handshake message.
             self._read()
 
     def _handshake_failed(self) -> None:
-        """Count a handshake that did not complete (once) and end the connection's part."""
+        """Count a handshake that did not complete, once (the timer stays: see above)."""
         if self._state == HANDSHAKE:
             self._state = CLOSED
             self._listener.tls_handshaking -= 1
             self._listener.stats.tls_handshake_failed(self._listener.name)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        if self._state == HANDSHAKE:
-            self._handshake_failed()
-            if self._tcp is not None:
-                self._tcp.abort()
+        if self._app_up:
+            return
+        self._handshake_failed()
+        if self._tcp is not None:
+            self._tcp.abort()
 
     # ------------------------------------------------------------------------- records
 
@@ -182,10 +200,11 @@ class TLSLayer(asyncio.Protocol):
         except ssl.SSLError as exc:
             self._fatal(exc)
             return
-        if first:
-            self._app.data_received(b"".join(more) if more is not None else first)
-        if closed and self._state == OPEN:
-            self._app.eof_received()
+        app = self._app
+        if first and app is not None:
+            app.data_received(b"".join(more) if more is not None else first)
+        if closed and self._state == OPEN and app is not None:
+            app.eof_received()
             self.close()
             return
         if self._outgoing.pending:
@@ -203,7 +222,7 @@ class TLSLayer(asyncio.Protocol):
 
     def _fatal(self, exc: Exception) -> None:
         """A broken record or protocol error: the connection is cut."""
-        self._error = exc
+        self._error = exc.with_traceback(None)
         self._state = CLOSING
         if self._tcp is not None:
             self._tcp.abort()
@@ -214,6 +233,8 @@ class TLSLayer(asyncio.Protocol):
         if self._state != OPEN or not data:
             return
         try:
+            # (Want-read cannot happen here: renegotiation is off, context.py; a key update
+            # does not hold writes back.)
             self._raw.write(data)
         except ssl.SSLError as exc:
             self._fatal(exc)
@@ -238,26 +259,34 @@ class TLSLayer(asyncio.Protocol):
         tcp.write(self._outgoing.read())
 
     def can_write_eof(self) -> bool:
-        return False  # TLS has no half-close
+        return True
 
     def write_eof(self) -> None:
-        raise NotImplementedError("TLS connections cannot be half-closed")
+        """close_notify and the TCP FIN after what was written; what still arrives is read
+        and dropped until close() (the lingering close of exchange.py)."""
+        if self._state != OPEN:
+            return
+        self._shutdown()
+        tcp = self._tcp
+        assert tcp is not None
+        if not tcp.is_closing():
+            tcp.write_eof()
 
     def close(self) -> None:
         """close_notify, then close once what was written is sent."""
-        if self._state != OPEN:
-            if self._state == HANDSHAKE and self._tcp is not None:
-                self._tcp.close()
-            return
+        if self._state == OPEN:
+            self._shutdown()
+        tcp = self._tcp
+        if tcp is not None and not tcp.is_closing():
+            tcp.close()
+
+    def _shutdown(self) -> None:
         self._state = CLOSING
         try:
             self._raw.shutdown()
         except (ssl.SSLError, OSError, ValueError):
             pass  # sent ours; the client's is not awaited
         self._flush()
-        tcp = self._tcp
-        assert tcp is not None
-        tcp.close()
 
     def abort(self) -> None:
         if self._state == OPEN:

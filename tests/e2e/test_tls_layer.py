@@ -2,8 +2,10 @@
 
 Pipelined requests whose responses outrun the client pass the layer's read pause and come
 back whole and in order; a large upload streams through it; a client's close_notify is
-answered with the proxy's and the connection ends; a client that never starts its
-handshake is cut at the header timeout and counted as a failed handshake.
+answered with the proxy's and the connection ends; an early answer (413 while the body still
+comes) ends with close_notify and a FIN, the rest of the body read and dropped, not with a
+reset; a client that never starts its handshake is cut at the header timeout and counted
+as a failed handshake.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def _sized(req: Received, sock: socket.socket) -> bytes:
 def tls_proxy(tmp_path: Path) -> Iterator[tuple[ProxyProcess, ssl.SSLContext]]:
     ca = trustme.CA()
     server = ScriptedServer(_sized).start()
-    extra = '[services.main.timeouts]\nclient_header = 1\n\n[admin]\nbind = "127.0.0.1:0"\n'
+    extra = (
+        "[services.main.timeouts]\nclient_header = 1\n"
+        "[services.main.limits]\nmax_body_bytes = 10000000\n"
+        '\n[admin]\nbind = "127.0.0.1:0"\n'
+    )
     config = with_tls(
         simple_config(server.port, service_extra=extra), [issue_cert(ca, "a.test", tmp_path)]
     )
@@ -134,3 +140,20 @@ def test_client_that_never_starts_its_handshake_is_cut_and_counted(
         return 'revproxy_tls_handshake_failures_total{listener="plain"} 1.0' in text
 
     wait_for(counted, 10, "the failed handshake in the metrics")
+
+
+def test_early_answer_ends_with_close_notify_and_fin_not_a_reset(
+    tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
+) -> None:
+    proxy, client = tls_proxy
+    with _tls(proxy, client) as sock:
+        # Over max_body_bytes: answered 413 at once, while the body keeps coming.
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 50000000\r\n\r\n")
+        sock.sendall(b"x" * 262144)
+        resp = ResponseReader(sock).next()
+        assert resp.status == 413
+        # More body after the answer is read and dropped by the proxy; the connection then
+        # ends cleanly: the proxy's close_notify (recv returns b"") rather than a reset.
+        sock.sendall(b"x" * 65536)
+        sock.settimeout(10)
+        assert sock.recv(65536) == b""
