@@ -1,11 +1,14 @@
 """The main process: listening sockets, worker processes, signals.
 
-It binds every listener once per worker slot with SO_REUSEPORT, so the kernel
-spreads new connections evenly over the workers, and it keeps those sockets
-open until it is told to stop: a worker that dies or is replaced on reload
-hands its slot to the next one without a listening socket ever closing, so no
-connection attempt is refused. On stop they close at once, so the ports
-refuse new connections while the workers finish what they have. The main
+It binds every listener once, and every worker accepts from that one socket:
+a new connection goes to whichever worker takes it first, so a busy worker
+leaves it to an idle one (separate SO_REUSEPORT sockets would hash it to a
+worker whatever that worker is doing, and with few connections leave one
+worker most of them). It keeps the sockets open until it is told to stop: a
+worker that dies or is replaced on reload leaves the others accepting, and no
+listening socket ever closes, so no connection attempt is refused. On stop
+they close at once, so the ports refuse new connections while the workers
+finish what they have. The main
 process runs no event loop; it waits for signals synchronously (they are
 blocked and taken with sigtimedwait).
 
@@ -28,7 +31,7 @@ import socket
 import ssl
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from revproxy import native
 from revproxy.config.load import ConfigError, load_config
@@ -85,15 +88,15 @@ def _bind(listener: ListenerConfig, port: int) -> socket.socket:
 
 
 @dataclass
-class _Slots:
-    """One listener's sockets, one per worker slot."""
+class _Listening:
+    """One listener's socket, which every worker accepts from."""
 
     key: tuple[str, int]
-    sockets: list[socket.socket] = field(default_factory=list)
+    sock: socket.socket
 
     @property
     def port(self) -> int:
-        return int(self.sockets[0].getsockname()[1])
+        return int(self.sock.getsockname()[1])
 
 
 class Master:
@@ -101,7 +104,7 @@ class Master:
         self.config_path = config_path
         self.config: Config | None = None
         self.contexts: dict[str, ssl.SSLContext] = {}  # the listeners' TLS contexts, by name
-        self.slots: dict[str, _Slots] = {}
+        self.slots: dict[str, _Listening] = {}
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
         self.retiring: set[int] = set()
         self.stopping = False
@@ -118,24 +121,21 @@ class Master:
 
     # ------------------------------------------------------------------ sockets
 
-    def _open_sockets(self, config: Config, count: int) -> dict[str, _Slots]:
+    def _open_sockets(self, config: Config) -> dict[str, _Listening]:
         """Sockets for `config`, reusing those already bound to the same address."""
         # A listener keeps its sockets when its address is unchanged; one on "any free
         # port" (port 0) keeps them when its name and host are unchanged.
-        reused: dict[object, _Slots] = {}
+        reused: dict[object, _Listening] = {}
         for name, old in self.slots.items():
             reused[old.key if old.key[1] else (name, old.key[0])] = old
-        result: dict[str, _Slots] = {}
+        result: dict[str, _Listening] = {}
         try:
             for listener in config.listeners:
                 key = (listener.host, listener.port)
                 slots = reused.pop(key if listener.port else (listener.name, listener.host), None)
                 if slots is None:
-                    slots = _Slots(key)
-                    slots.sockets.append(_bind(listener, listener.port))
+                    slots = _Listening(key, _bind(listener, listener.port))
                 port = slots.port
-                while len(slots.sockets) < count:
-                    slots.sockets.append(_bind(listener, port))
                 result[listener.name] = slots
                 log.info(
                     "listener %s on %s:%d (%s)",
@@ -147,8 +147,7 @@ class Master:
         except OSError:
             for name, slots in result.items():
                 if self.slots.get(name) is not slots:
-                    for sock in slots.sockets:
-                        sock.close()
+                    slots.sock.close()
             raise
         return result
 
@@ -156,17 +155,13 @@ class Master:
 
     def _spawn(self, slot: int) -> None:
         assert self.config is not None
-        sockets = {name: s.sockets[slot] for name, s in self.slots.items()}
+        sockets = {name: s.sock for name, s in self.slots.items()}
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 _reset_signals()
-                for slots in self.slots.values():
-                    for i, sock in enumerate(slots.sockets):
-                        if i != slot:
-                            sock.close()
                 for link in (self.stats_rx, self.control_channel):
                     if link is not None:
                         link.close()
@@ -206,8 +201,7 @@ class Master:
                 if self.control_channel is not None:
                     self.control_channel.close()
                 for slots in self.slots.values():
-                    for sock in slots.sockets:
-                        sock.close()
+                    slots.sock.close()
                 process = ControlProcess(
                     self.config,
                     self.generation,
@@ -304,7 +298,7 @@ class Master:
         config = load_config(self.config_path)
         self.contexts = prepare(config)
         self.config = config
-        self.slots = self._open_sockets(config, worker_count(config))
+        self.slots = self._open_sockets(config)
         self.generation = 1
         self.shared = SharedState()
         self.stats_rx, self.stats_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -330,7 +324,7 @@ class Master:
             config = load_config(self.config_path)
             contexts = prepare(config)
             count = worker_count(config)
-            slots = self._open_sockets(config, count)
+            slots = self._open_sockets(config)
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
             self._reloaded(False, str(exc))
@@ -359,12 +353,7 @@ class Master:
         for name, s in old_slots.items():
             if id(s) not in kept:
                 log.info("listener %s closed", name)
-                for sock in s.sockets:
-                    sock.close()
-            elif len(s.sockets) > count:
-                for sock in s.sockets[count:]:
-                    sock.close()
-                del s.sockets[count:]
+                s.sock.close()
         for slot in range(count):
             self._spawn(slot)
         self.retiring |= old_workers
@@ -431,8 +420,7 @@ class Master:
 
     def _close_listening(self) -> None:
         for slots in self.slots.values():
-            for sock in slots.sockets:
-                sock.close()
+            slots.sock.close()
 
 
 def _reset_signals() -> None:

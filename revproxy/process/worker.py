@@ -1,7 +1,7 @@
 """A worker process: one event loop serving every listener on its own sockets.
 
-The main process binds the listening sockets and hands each worker its own
-set, so a worker never binds anything and a reload or a restarted worker
+The main process binds the listening sockets and every worker accepts from the
+same ones, so a worker never binds anything and a reload or a restarted worker
 never closes a listening socket. Stopping is a sequence: stop accepting, let
 busy connections finish their exchange (the last response says Connection:
 close), close idle ones, wait up to the grace period, then cut what is left.
