@@ -239,9 +239,7 @@ class TLSLayer(asyncio.Protocol):
         except ssl.SSLError as exc:
             self._fatal(exc)
             return
-        tcp = self._tcp
-        assert tcp is not None
-        tcp.write(self._outgoing.read())
+        self._send()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         if self._state != OPEN:
@@ -254,6 +252,10 @@ class TLSLayer(asyncio.Protocol):
         except ssl.SSLError as exc:
             self._fatal(exc)
             return
+        self._send()
+
+    def _send(self) -> None:
+        """Hand what was just encrypted to the socket's transport."""
         tcp = self._tcp
         assert tcp is not None
         tcp.write(self._outgoing.read())

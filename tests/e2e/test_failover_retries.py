@@ -328,6 +328,19 @@ def _silent_until(release: threading.Event):  # type: ignore[no-untyped-def]
     return respond
 
 
+@pytest.fixture
+def silent_and_live(
+    servers: list[ScriptedServer],
+) -> Iterator[tuple[ScriptedServer, ScriptedServer]]:
+    """A server that never answers (until the test ends) and one that answers at once."""
+    release = threading.Event()
+    silent = ScriptedServer(_silent_until(release)).start()
+    live = ScriptedServer(_named("live")).start()
+    servers += [silent, live]
+    yield silent, live
+    release.set()
+
+
 def _call(port: int, method: str, path: str) -> tuple[int, bytes, float]:
     """One request on a new connection: (status, body, seconds it took)."""
     body = b"x" if method == "POST" else b""
@@ -341,31 +354,27 @@ def _call(port: int, method: str, path: str) -> tuple[int, bytes, float]:
 
 
 def test_unanswered_idempotent_request_goes_to_another_server(
-    tmp_path: Path, servers: list[ScriptedServer], proxies: list[ProxyProcess]
+    tmp_path: Path,
+    proxies: list[ProxyProcess],
+    silent_and_live: tuple[ScriptedServer, ScriptedServer],
 ) -> None:
-    release = threading.Event()
-    silent = ScriptedServer(_silent_until(release)).start()
-    live = ScriptedServer(_named("live")).start()
-    servers += [silent, live]
-    try:
-        config = simple_config(0, servers=[silent.port, live.port], service_extra=RESPONSE_TIMEOUT)
-        proxy = _start(proxies, tmp_path, config)
-        port = proxy.port("plain")
-        results = [_call(port, "GET", f"/g{i}") for i in range(3)]
-        # Round robin gives the silent server one of the first two requests: it answers
-        # nothing within the second, and the request is answered by the other server.
-        assert [status for status, _, _ in results] == [200, 200, 200], proxy.log()
-        assert all(body.startswith(b"live ") for _, body, _ in results)
-        assert silent.requests, "the silent server was never tried"
-        assert [r.request_line for r in live.requests] == [
-            f"GET /g{i} HTTP/1.1".encode() for i in range(3)
-        ]
-        retried = [t for (_, _, t), i in zip(results, range(3), strict=True) if t >= 0.9]
-        assert len(retried) == len(silent.requests)
-        log = proxy.log()
-        assert f"server 127.0.0.1:{silent.port} (pool p): no response in time; tried" in log
-    finally:
-        release.set()
+    silent, live = silent_and_live
+    config = simple_config(0, servers=[silent.port, live.port], service_extra=RESPONSE_TIMEOUT)
+    proxy = _start(proxies, tmp_path, config)
+    port = proxy.port("plain")
+    results = [_call(port, "GET", f"/g{i}") for i in range(3)]
+    # Round robin gives the silent server one of the first two requests: it answers
+    # nothing within the second, and the request is answered by the other server.
+    assert [status for status, _, _ in results] == [200, 200, 200], proxy.log()
+    assert all(body.startswith(b"live ") for _, body, _ in results)
+    assert silent.requests, "the silent server was never tried"
+    assert [r.request_line for r in live.requests] == [
+        f"GET /g{i} HTTP/1.1".encode() for i in range(3)
+    ]
+    # Each request the silent server took waited out the response timeout first.
+    assert len([t for _, _, t in results if t >= 0.9]) == len(silent.requests)
+    log = proxy.log()
+    assert f"server 127.0.0.1:{silent.port} (pool p): no response in time; tried" in log
 
 
 @pytest.mark.parametrize(
@@ -379,32 +388,26 @@ def test_unanswered_idempotent_request_goes_to_another_server(
 )
 def test_unanswered_request_gets_504_when_no_retry_is_allowed(
     tmp_path: Path,
-    servers: list[ScriptedServer],
     proxies: list[ProxyProcess],
+    silent_and_live: tuple[ScriptedServer, ScriptedServer],
     method: str,
     service_extra: str,
 ) -> None:
-    release = threading.Event()
-    silent = ScriptedServer(_silent_until(release)).start()
-    live = ScriptedServer(_named("live")).start()
-    servers += [silent, live]
-    try:
-        extra = service_extra + RESPONSE_TIMEOUT
-        config = simple_config(0, servers=[silent.port, live.port], service_extra=extra)
-        proxy = _start(proxies, tmp_path, config)
-        port = proxy.port("plain")
-        results = [_call(port, method, f"/n{i}") for i in range(2)]
-        # One request each (round robin): the silent server's one is answered 504 after
-        # the response timeout and never reaches the other server.
-        assert sorted(status for status, _, _ in results) == [200, 504], proxy.log()
-        timed_out = next(r for r in results if r[0] == 504)
-        assert timed_out[2] >= 0.9
-        (lost,) = silent.requests
-        assert lost.request_line not in [r.request_line for r in live.requests]
-        assert len(live.requests) == 1
-        assert "tried another" not in proxy.log()
-    finally:
-        release.set()
+    silent, live = silent_and_live
+    extra = service_extra + RESPONSE_TIMEOUT
+    config = simple_config(0, servers=[silent.port, live.port], service_extra=extra)
+    proxy = _start(proxies, tmp_path, config)
+    port = proxy.port("plain")
+    results = [_call(port, method, f"/n{i}") for i in range(2)]
+    # One request each (round robin): the silent server's one is answered 504 after
+    # the response timeout and never reaches the other server.
+    assert sorted(status for status, _, _ in results) == [200, 504], proxy.log()
+    timed_out = next(r for r in results if r[0] == 504)
+    assert timed_out[2] >= 0.9
+    (lost,) = silent.requests
+    assert lost.request_line not in [r.request_line for r in live.requests]
+    assert len(live.requests) == 1
+    assert "tried another" not in proxy.log()
 
 
 # ----------------------------------------------------------------------- idle connections
