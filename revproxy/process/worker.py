@@ -1,4 +1,4 @@
-"""A worker process: one event loop serving every listener on its own sockets.
+"""A worker process: one event loop serving every listener, on the sockets all workers share.
 
 The main process binds the listening sockets and every worker accepts from the
 same ones, so a worker never binds anything and a reload or a restarted worker
