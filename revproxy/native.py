@@ -40,8 +40,8 @@ MODULES = (
     "revproxy.proxy.runtime",
     "revproxy.proxy.serverside",
     "revproxy.proxy.stats",
+    "revproxy.proxy.tlslayer",
     "revproxy.proxy.upstream",
-    "revproxy.tls.layer",
     "revproxy.tls.names",
 )
 

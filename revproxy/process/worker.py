@@ -40,7 +40,7 @@ from revproxy.proxy.client import ClientConnection
 from revproxy.proxy.proxied import ProxyProtocolServer
 from revproxy.proxy.runtime import Runtime
 from revproxy.proxy.stats import WorkerStats
-from revproxy.tls.layer import TLSLayer
+from revproxy.proxy.tlslayer import TLSLayer
 
 log = logging.getLogger("revproxy.worker")
 

@@ -34,7 +34,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Seconds a closing TLS connection on the event loop's TLS transport (PROXY protocol
 # listeners) waits for the client's close_notify after sending its own (the loop's default
 # is 30 s: a client keeping its socket open held it that long). The other listeners' TLS
-# layer (tls/layer.py) does not wait.
+# layer (tlslayer.py) does not wait.
 TLS_SHUTDOWN: Final = 3.0
 
 
@@ -207,7 +207,7 @@ class Listener:
         # handshake completed failed it (_handshake_gone); one still here after the header
         # timeout is counted as failed.
         self.handshaking: dict[weakref.ref[object], float] = {}
-        # Handshakes under way on connections with their own TLS layer (tls/layer.py),
+        # Handshakes under way on connections with their own TLS layer (tlslayer.py),
         # which counts them itself (and the failed ones).
         self.tls_handshaking = 0
         # The worker is stopping: a connection that completes its handshake now is drained

@@ -188,7 +188,7 @@ class ServerSide(ExchangeState):
         if sent:
             self._replays += 1
         now = self._loop.time()
-        if self._replays > svc.retries or now - self._t0 >= svc.retry_window:
+        if self._retries_spent(svc, self._replays, now):
             return False
         nxt = self._pick(svc)
         if nxt is None:
@@ -212,6 +212,18 @@ class ServerSide(ExchangeState):
         self._arm(self._phase_timeout())
         return True
 
+    def _retries_spent(self, svc: Service, replays: int, now: float) -> bool:
+        """Whether `replays` attempts a server may have seen are over the service's budget,
+        or its retry window has passed."""
+        return replays > svc.retries or now - self._t0 >= svc.retry_window
+
+    def _resend_kept(self) -> None:
+        """Make the request's kept bytes pending again, for a new attempt."""
+        assert self._sent is not None
+        self._resp_buf.clear()
+        self._pending = list(self._sent)
+        self._pending_size = self._sent_size
+
     def _retry_unanswered(self) -> bool:
         """Resend a request whose server connection closed before any response byte.
 
@@ -231,9 +243,7 @@ class ServerSide(ExchangeState):
         ):
             return False
         self._up = None
-        self._resp_buf.clear()
-        self._pending = list(self._sent)
-        self._pending_size = self._sent_size
+        self._resend_kept()
         if self._reused:
             self._stats.retried(svc.pool.name, server.name)
             self._active = self._loop.time()
@@ -266,17 +276,14 @@ class ServerSide(ExchangeState):
             or not self._req_done
             or up is self._pinned
             or req.method not in IDEMPOTENT
-            or self._replays >= svc.retries
-            or self._loop.time() - self._t0 >= svc.retry_window
+            or self._retries_spent(svc, self._replays + 1, self._loop.time())
         ):
             return False
         label = self._server_label()
         self._stats.timed_out("server_response")
         self._up = None
         up.abort()
-        self._resp_buf.clear()
-        self._pending = list(self._sent)
-        self._pending_size = self._sent_size
+        self._resend_kept()
         if not self._try_another(server, "timeout"):
             log.warning("server %s: no response in time", label)
             self._fail(504)

@@ -262,14 +262,6 @@ def _named(name: str):  # type: ignore[no-untyped-def]
     return respond
 
 
-@pytest.fixture
-def pair() -> Iterator[list[ScriptedServer]]:
-    started: list[ScriptedServer] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
 def _pair_proxy(tmp_path: Path, dying: ScriptedServer, live: ScriptedServer) -> ProxyProcess:
     config = simple_config(0, servers=[dying.port, live.port], service_extra="retries = 2\n")
     return ProxyProcess(config, tmp_path)
@@ -286,13 +278,13 @@ GET = b"GET /page HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
 
 
 def test_get_whose_server_dies_after_a_stale_connection_goes_to_another_server(
-    tmp_path: Path, pair: list[ScriptedServer]
+    tmp_path: Path, servers: list[ScriptedServer]
 ) -> None:
     # `a` answers once (so the proxy keeps that connection for reuse), then dies: its
     # connections close on every request, the reused one and any new one.
     a = ScriptedServer(_dies_after(1, "a")).start()
     b = ScriptedServer(_named("b")).start()
-    pair += [a, b]
+    servers += [a, b]
     proxy = _pair_proxy(tmp_path, a, b)
     try:
         port = proxy.port("plain")
@@ -308,11 +300,11 @@ def test_get_whose_server_dies_after_a_stale_connection_goes_to_another_server(
 
 
 def test_get_in_flight_on_a_new_connection_goes_to_another_server(
-    tmp_path: Path, pair: list[ScriptedServer]
+    tmp_path: Path, servers: list[ScriptedServer]
 ) -> None:
     a = ScriptedServer(_dies_after(0, "a")).start()
     b = ScriptedServer(_named("b")).start()
-    pair += [a, b]
+    servers += [a, b]
     proxy = _pair_proxy(tmp_path, a, b)
     try:
         port = proxy.port("plain")
@@ -325,11 +317,11 @@ def test_get_in_flight_on_a_new_connection_goes_to_another_server(
 
 
 def test_post_in_flight_when_its_server_dies_is_not_resent(
-    tmp_path: Path, pair: list[ScriptedServer]
+    tmp_path: Path, servers: list[ScriptedServer]
 ) -> None:
     a = ScriptedServer(_dies_after(0, "a")).start()
     b = ScriptedServer(_named("b")).start()
-    pair += [a, b]
+    servers += [a, b]
     proxy = _pair_proxy(tmp_path, a, b)
     try:
         port = proxy.port("plain")

@@ -52,14 +52,6 @@ ADMIN = '\n[admin]\nbind = "127.0.0.1:0"\ntoken_file = "token"\n'
 
 
 @pytest.fixture
-def servers() -> Iterator[list[ScriptedServer]]:
-    started: list[ScriptedServer] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
 def proxies() -> Iterator[list[ProxyProcess]]:
     started: list[ProxyProcess] = []
     yield started
@@ -466,29 +458,40 @@ def _authenticate(sock: socket.socket, reader: ResponseReader) -> str:
     return resp.body.decode()
 
 
+def _ntlm_servers(servers: list[ScriptedServer]) -> dict[str, TrackingServer]:
+    """Two NTLM-like servers, s1 and s2, by name."""
+    started = {name: TrackingServer(_ntlm(name)).start() for name in ("s1", "s2")}
+    servers += started.values()
+    return started
+
+
+def _pinned(sock: socket.socket, reader: ResponseReader) -> tuple[str, str, str]:
+    """Authenticate the connection: (its server's name, that server's connection id, the
+    other server's name)."""
+    name, conn, word = _authenticate(sock, reader).split()
+    assert word == "authed-now"
+    return name, conn, "s2" if name == "s1" else "s1"
+
+
 @pytest.mark.parametrize("how", ["disabled", "down"])
 def test_pinned_connection_is_given_up_when_its_server_leaves(
     tmp_path: Path, servers: list[ScriptedServer], proxies: list[ProxyProcess], how: str
 ) -> None:
-    s1 = TrackingServer(_ntlm("s1")).start()
-    s2 = TrackingServer(_ntlm("s2")).start()
-    servers += [s1, s2]
-    by_name = {"s1": s1, "s2": s2}
+    by_name = _ntlm_servers(servers)
+    ports = [server.port for server in by_name.values()]
     health = (
         '[pools.p.health]\ntype = "tcp"\ninterval = 0.3\ntimeout = 0.3\n'
         "fall = 1\nrise = 1\nstart_down = false\n"
     )
-    config = simple_config(0, servers=[s1.port, s2.port], pool_extra=health) + ADMIN
+    config = simple_config(0, servers=ports, pool_extra=health) + ADMIN
     proxy = _start(proxies, tmp_path, config)
     port = proxy.port("plain")
     admin = admin_url(proxy)
 
     with connect(port) as sock, connect(port) as other:
         reader, other_reader = ResponseReader(sock), ResponseReader(other)
-        name, conn, word = _authenticate(sock, reader).split()
-        assert word == "authed-now"
+        name, conn, other_name = _pinned(sock, reader)
         pinned = by_name[name]
-        other_name = "s2" if name == "s1" else "s1"
 
         # While its server takes traffic, the client keeps its authenticated connection,
         # whatever the balancing does with another client's requests.
@@ -523,19 +526,15 @@ def test_pinned_connection_is_given_up_when_its_server_leaves(
 def test_pinned_connection_stays_with_a_draining_server(
     tmp_path: Path, servers: list[ScriptedServer], proxies: list[ProxyProcess]
 ) -> None:
-    s1 = TrackingServer(_ntlm("s1")).start()
-    s2 = TrackingServer(_ntlm("s2")).start()
-    servers += [s1, s2]
-    by_name = {"s1": s1, "s2": s2}
-    proxy = _start(proxies, tmp_path, simple_config(0, servers=[s1.port, s2.port]) + ADMIN)
+    by_name = _ntlm_servers(servers)
+    ports = [server.port for server in by_name.values()]
+    proxy = _start(proxies, tmp_path, simple_config(0, servers=ports) + ADMIN)
     port = proxy.port("plain")
     admin = admin_url(proxy)
 
     with connect(port) as sock, connect(port) as other:
         reader, other_reader = ResponseReader(sock), ResponseReader(other)
-        name, conn, word = _authenticate(sock, reader).split()
-        assert word == "authed-now"
-        other_name = "s2" if name == "s1" else "s1"
+        name, conn, other_name = _pinned(sock, reader)
         address = f"127.0.0.1:{by_name[name].port}"
         code, _ = http_call(f"{admin}/api/servers/p/{address}/drain", "POST", TOKEN)
         assert code == 200

@@ -9,10 +9,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from harness import (
     ProxyProcess,
     Received,
@@ -87,14 +85,6 @@ def _servers(admin: str) -> dict[str, dict]:  # type: ignore[type-arg]
 def _proxy(tmp: Path, config: str) -> ProxyProcess:
     (tmp / "token").write_text(TOKEN + "\n")
     return ProxyProcess(config, tmp)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[ScriptedServer]]:
-    started: list[ScriptedServer] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 # ----------------------------------------------------------------------- persistence
