@@ -193,6 +193,14 @@ def forwarding_path(python: str) -> str:
     return cp.stdout.strip() or "unknown"
 
 
+def tcp_congestion_control() -> str:
+    """The kernel's default TCP congestion control: it shapes the 1 MiB latency tail."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
 def git_revision() -> str:
     try:
         cp = subprocess.run(
@@ -705,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "kernel": platform.release(),
+            "tcp_congestion_control": tcp_congestion_control(),
             "python": platform.python_version(),
             "nginx": tool_version([NGINX, "-v"]).removeprefix("nginx version: "),
             "wrk": tool_version(["wrk", "-v"]),
@@ -795,7 +804,8 @@ def print_summary(results: dict[str, Any]) -> None:
         f"revproxy {meta['revision']} vs {meta['nginx']} on {meta['cpus']} CPUs"
         f" (revproxy column: {meta['revproxy_is']});"
         f" best of {2 * results['options']['rounds']} runs per proxy;"
-        f" revproxy's forwarding path: {meta.get('forwarding_path', 'unknown')}"
+        f" revproxy's forwarding path: {meta.get('forwarding_path', 'unknown')};"
+        f" TCP congestion control: {meta.get('tcp_congestion_control', 'unknown')}"
     )
     print(report.scenario_table(results["scenarios"]))
     floor = report.floor_table(results["scenarios"])
