@@ -1,21 +1,26 @@
-"""Server-side TLS over a plain TCP transport, for the listeners' client connections.
+"""TLS over a plain TCP transport: the listeners' client connections and the connections
+to real servers that re-encrypt.
 
-A `TLSLayer` is the protocol of an accepted socket and the transport of the connection's
-ClientConnection: bytes from the socket go into OpenSSL through a memory BIO and the
-plaintext to the client connection; what it writes is encrypted at once and handed to the
-socket's transport, which does all the buffering. So write flow control, pause_reading and
-resume_reading are the socket transport's own, passed through.
+A layer is the protocol of a socket and the transport of the connection above it (a
+ClientConnection, or a ServerConnection): bytes from the socket go into OpenSSL through a
+memory BIO and the plaintext up; what the connection writes is encrypted at once and handed
+to the socket's transport, which does all the buffering. So write flow control,
+pause_reading and resume_reading are the socket transport's own, passed through.
+`TLSLayer` is the server side, for accepted connections; `ServerTLS` the client side, for
+connections to real servers (verifying their certificate and sending SNI as the context and
+server name say).
 
 Why not the event loop's TLS transport: per connection it adds a second transport object,
 a future and a callback for the handshake and a copy of the context for every write; doing
 the same work here costs less CPU per new connection and per request.
 
-The handshake has the listener's header timeout. A refused handshake (a name no
-certificate serves with unknown_sni = "reject", a protocol version or cipher the listener
-does not speak) sends its alert before the connection closes. Closing sends close_notify
+On a listener, the handshake has the listener's header timeout. A refused handshake (a
+name no certificate serves with unknown_sni = "reject", a protocol version or cipher the
+listener does not speak) sends its alert before the connection closes. Closing sends close_notify
 and closes the socket once what was written is sent, without waiting for the client's own
 close_notify (as nginx does). The listener counts handshakes under way
-(`Listener.tls_handshaking`: a stopping worker waits for them) and failed ones.
+(`Listener.tls_handshaking`: a stopping worker waits for them) and failed ones. Towards a
+real server, the caller's connect timeout covers TCP and the handshake (`ServerTLS.ready`).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Iterable
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
-from revproxy.proxy.runtime import Listener
+if TYPE_CHECKING:
+    # (Only a type here: runtime.py reaches this module through upstream.py.)
+    from revproxy.proxy.runtime import Listener
 
 # A TLS record carries at most 16 KiB of plaintext, and one read returns one record.
 READ_SIZE: Final = 16384
@@ -36,14 +43,12 @@ CLOSING: Final = 2
 CLOSED: Final = 3
 
 
-class TLSLayer(asyncio.Protocol):
-    """TLS for one accepted client connection (see the module docstring)."""
+class _Layer(asyncio.Protocol):
+    """What both sides share: records in and out, and the transport the connection above
+    sees (see the module docstring). A side adds how the handshake starts and ends."""
 
-    def __init__(self, listener: Listener, app: asyncio.Protocol) -> None:
-        context = listener.ssl_context
-        assert context is not None
-        self._listener = listener
-        self._context: ssl.SSLContext = context
+    def __init__(self, context: ssl.SSLContext, app: asyncio.Protocol) -> None:
+        self._context = context
         self._app: asyncio.Protocol | None = app  # dropped once the connection is over
         self._app_up = False  # the client connection has had connection_made
         self._tcp: Any = None  # the socket's transport
@@ -59,24 +64,6 @@ class TLSLayer(asyncio.Protocol):
 
     # ----------------------------------------------------------- the socket's protocol
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._tcp = transport
-        listener = self._listener
-        try:
-            obj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        except (ssl.SSLError, OSError, ValueError, MemoryError):
-            self._state = CLOSED
-            self._app = None
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self._obj = obj
-        self._raw = obj._sslobj  # type: ignore[attr-defined]
-        listener.tls_handshaking += 1
-        loop = asyncio.get_running_loop()
-        # Until the client connection has the connection: a handshake that fails ends with
-        # a close (its alert first), and a client not reading that alert is cut here too.
-        self._timer = loop.call_later(listener.t_header, self._handshake_timeout)
-
     def data_received(self, data: bytes) -> None:
         state = self._state
         if state == OPEN:
@@ -90,14 +77,14 @@ class TLSLayer(asyncio.Protocol):
         # unread bytes would reset the connection and could destroy the last response).
 
     def eof_received(self) -> bool:
-        # The client's FIN: a TLS connection ends with it (also after close_notify).
+        # The peer's FIN: a TLS connection ends with it (also after close_notify).
         if self._state == HANDSHAKE:
-            self._handshake_failed()
+            self._handshake_failed(ConnectionResetError("closed during the TLS handshake"))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == HANDSHAKE:
-            self._handshake_failed()
+            self._handshake_failed(exc or ConnectionResetError("closed during the TLS handshake"))
         self._state = CLOSED
         if self._timer is not None:
             self._timer.cancel()
@@ -124,6 +111,7 @@ class TLSLayer(asyncio.Protocol):
     # ------------------------------------------------------------------------ handshake
 
     def _handshake(self) -> None:
+        """Go on with the handshake; the side says what its end means."""
         try:
             self._raw.do_handshake()
         except ssl.SSLWantReadError:
@@ -133,41 +121,29 @@ class TLSLayer(asyncio.Protocol):
             # Refused: the alert OpenSSL wrote goes out before the connection closes. (Kept
             # without its traceback, which would hold this frame and so this object.)
             self._error = exc.with_traceback(None)
-            self._handshake_failed()
+            self._handshake_failed(self._error)
             tcp = self._tcp
             if tcp is not None:
                 self._flush()
                 tcp.close()
             return
         self._state = OPEN
-        listener = self._listener
-        listener.tls_handshaking -= 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._flush()  # session tickets
+        self._flush()  # session tickets (a server), the last handshake message (a client)
+        self._handshake_done()
         app = self._app
         assert app is not None
         self._app_up = True
         app.connection_made(cast(asyncio.Transport, self))
         if self._state == OPEN and self._reading and self._incoming.pending:
-            # The first request often comes with the client's last handshake message.
+            # The first request (or session tickets) often come with the handshake's end.
             self._read()
 
-    def _handshake_failed(self) -> None:
-        """Count a handshake that did not complete, once (the timer stays: see above)."""
-        if self._state == HANDSHAKE:
-            self._state = CLOSED
-            self._listener.tls_handshaking -= 1
-            self._listener.stats.tls_handshake_failed(self._listener.name)
+    def _handshake_done(self) -> None:
+        """The side's bookkeeping once the handshake is over, before the app is told."""
 
-    def _handshake_timeout(self) -> None:
-        self._timer = None
-        if self._app_up:
-            return
-        self._handshake_failed()
-        if self._tcp is not None:
-            self._tcp.abort()
+    def _handshake_failed(self, exc: BaseException) -> None:
+        """A handshake that did not complete: called once, in HANDSHAKE state."""
+        self._state = CLOSED
 
     # ------------------------------------------------------------------------- records
 
@@ -348,3 +324,107 @@ class TLSLayer(asyncio.Protocol):
                 return obj.compression()
         tcp = self._tcp
         return tcp.get_extra_info(name, default) if tcp is not None else default
+
+
+class TLSLayer(_Layer):
+    """TLS for one accepted client connection (see the module docstring)."""
+
+    def __init__(self, listener: Listener, app: asyncio.Protocol) -> None:
+        context = listener.ssl_context
+        assert context is not None
+        super().__init__(context, app)
+        self._listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = transport
+        listener = self._listener
+        try:
+            obj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        except (ssl.SSLError, OSError, ValueError, MemoryError):
+            self._state = CLOSED
+            self._app = None
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._obj = obj
+        self._raw = obj._sslobj  # type: ignore[attr-defined]
+        listener.tls_handshaking += 1
+        loop = asyncio.get_running_loop()
+        # Until the client connection has the connection: a handshake that fails ends with
+        # a close (its alert first), and a client not reading that alert is cut here too.
+        self._timer = loop.call_later(listener.t_header, self._handshake_timeout)
+
+    def _handshake_done(self) -> None:
+        self._listener.tls_handshaking -= 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        """Count a handshake that did not complete, once (the timer stays: see above)."""
+        if self._state == HANDSHAKE:
+            self._state = CLOSED
+            self._listener.tls_handshaking -= 1
+            self._listener.stats.tls_handshake_failed(self._listener.name)
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self._app_up:
+            return
+        self._handshake_failed(TimeoutError("TLS handshake timed out"))
+        if self._tcp is not None:
+            self._tcp.abort()
+
+
+class ServerTLS(_Layer):
+    """TLS towards one real server: the client side of the handshake.
+
+    Made before the socket connects; `ready` is done when the handshake is (its exception
+    when it failed: the certificate did not verify, the server refused or went away). The
+    caller's timeout covers it; on a timeout or cancellation the caller calls `give_up`.
+    """
+
+    def __init__(
+        self, context: ssl.SSLContext, server_hostname: str | None, app: asyncio.Protocol
+    ) -> None:
+        super().__init__(context, app)
+        self._server_hostname = server_hostname
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp = transport
+        try:
+            obj = self._context.wrap_bio(
+                self._incoming,
+                self._outgoing,
+                server_side=False,
+                server_hostname=self._server_hostname,
+            )
+        except (ssl.SSLError, OSError, ValueError, MemoryError) as exc:
+            self._handshake_failed(exc)
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._obj = obj
+        self._raw = obj._sslobj  # type: ignore[attr-defined]
+        self._handshake()  # the ClientHello
+
+    def _handshake_done(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        if self._state == HANDSHAKE:
+            self._state = CLOSED
+            self._app = None
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+
+    def give_up(self) -> None:
+        """The caller stopped waiting (timeout, cancellation): drop the connection."""
+        if not self.ready.done():
+            self.ready.cancel()
+        elif not self.ready.cancelled():
+            self.ready.exception()  # retrieved: not reported as never retrieved
+        self._state = CLOSED if self._state == HANDSHAKE else self._state
+        tcp = self._tcp
+        if tcp is not None:
+            tcp.abort()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from revproxy.balance.pool import Server
 from revproxy.config.model import PoolConfig
+from revproxy.proxy.tlslayer import ServerTLS
 from revproxy.tls.context import server_hostname
 
 if TYPE_CHECKING:
@@ -177,17 +178,22 @@ class Endpoint:
             return await asyncio.wait_for(self._connect_with(factory, header, timeout), timeout)
         if self.ssl_context is None:
             coro = self._loop.create_connection(factory, cfg.host, cfg.port)
-        else:
-            coro = self._loop.create_connection(
-                factory,
-                cfg.host,
-                cfg.port,
-                ssl=self.ssl_context,
-                server_hostname=self.server_hostname,
-                ssl_handshake_timeout=timeout,
-            )
-        _, conn = await asyncio.wait_for(coro, timeout)
+            _, conn = await asyncio.wait_for(coro, timeout)
+            return conn
+        conn = factory()
+        tls = ServerTLS(self.ssl_context, self.server_hostname, conn)
+        try:
+            # One deadline for TCP and the handshake, as for a plain connection.
+            await asyncio.wait_for(self._handshaken(tls), timeout)
+        except BaseException:
+            tls.give_up()
+            raise
         return conn
+
+    async def _handshaken(self, tls: ServerTLS) -> None:
+        cfg = self.server.config
+        await self._loop.create_connection(lambda: tls, cfg.host, cfg.port)
+        await tls.ready
 
     async def _connect_with(
         self, factory: Callable[[], ServerConnection], header: bytes, timeout: float
