@@ -92,6 +92,12 @@ class ClientProcess:
         self.log.close()
 
 
+# Connections per demo server process: one process falls behind with the TLS handshakes of
+# more at the default opening rate, and then with the proxy's health checks, which mark its
+# servers down (the proxy answers 503). The run measures the proxy, not the demo servers.
+BACKEND_SHARE = 5000
+
+
 @dataclass(frozen=True)
 class Layout:
     """How many processes of each kind a run of `clients` connections uses."""
@@ -111,7 +117,8 @@ class Layout:
             fd_limit=limit,
             proxy_workers=args.proxy_workers or max(2, workers_for(n, limit, 2)),
             client_processes=args.client_processes or max(1, math.ceil(n / 2500)),
-            backend_processes=args.backend_processes or max(1, workers_for(n, limit, 1)),
+            backend_processes=args.backend_processes
+            or max(workers_for(n, limit, 1), math.ceil(n / BACKEND_SHARE)),
         )
 
 
