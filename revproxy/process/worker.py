@@ -172,16 +172,6 @@ def apply_shared_state(runtime: Runtime, shared: SharedState | None, initial: bo
             log.debug("worker %d: server state applied", os.getpid())
 
 
-class HandshakeToken:
-    """Held by a TLS connection's protocol until its handshake completes (weakly watched).
-
-    Only on PROXY protocol listeners, whose TLS is the event loop's; the other listeners'
-    TLS layer counts its handshakes itself.
-    """
-
-    __slots__ = ("__weakref__",)
-
-
 class UnraisableLog:
     """Errors Python can only report as "ignored" (sys.unraisablehook), as log lines.
 
@@ -279,14 +269,10 @@ async def _serve_with(
     servers: list[asyncio.AbstractServer | ProxyProtocolServer] = []
     for listener in runtime.listeners.values():
         if listener.config.proxy_protocol:
-            # TLS starts after the PROXY header, on the event loop's TLS transport.
+            # TLS starts after the PROXY header (ProxyProtocolServer puts the layer on).
 
             def factory(listener=listener) -> ClientConnection:  # type: ignore[no-untyped-def]
-                conn = ClientConnection(listener, registry)
-                if listener.ssl_context is not None:
-                    conn.handshake_token = token = HandshakeToken()
-                    listener.handshake_started(token, loop.time())
-                return conn
+                return ClientConnection(listener, registry)
 
             servers.append(ProxyProtocolServer(loop, sockets[listener.name], listener, factory))
             continue
@@ -367,7 +353,7 @@ async def _serve_with(
     def busy() -> bool:
         return (
             bool(registry)
-            or any(listener.handshaking or listener.tls_handshaking for listener in listeners)
+            or any(listener.tls_handshaking for listener in listeners)
             or any(s.pending for s in proxied)
         )
 

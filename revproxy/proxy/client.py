@@ -107,10 +107,6 @@ class ClientConnection(ServerSide, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
         listener = self._listener
-        token = self.handshake_token
-        if token is not None:
-            self.handshake_token = None
-            listener.handshake_done(token)
         if len(self._registry) >= listener.max_connections:
             # Over the per-worker limit: refuse at once rather than hold it unanswered.
             listener.refuse(transport)

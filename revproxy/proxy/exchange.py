@@ -124,8 +124,6 @@ class ExchangeState:
         # TLS: the name the client asked for and the names of the certificate it got.
         self._sni: str | None = None
         self._cert_names: tuple[str, ...] = ()
-        # Held while the TLS handshake is under way (Listener.handshake_started).
-        self.handshake_token: object | None = None
         # Content rules of the exchange in progress.
         self._edits: ResponseEdits | None = None
         self._replacer: BodyReplacer | None = None

@@ -2,13 +2,14 @@
 
 Behind another load balancer the socket's peer is that balancer; the header it sends first
 names the client. The header is read here, before the connection is handed to the event
-loop's transport (and before TLS, which follows the header on the wire): the header's bytes
-are taken off the socket exactly, so whatever follows reaches the proxy or the TLS layer
-untouched. A connection whose header is missing, malformed or late is closed without an
-answer (nothing after a bad header can be trusted to be framed), as is one from an address
-outside `proxy_protocol_from`. On a graceful stop the listening socket closes and headers
-already on their way are still read: their requests are answered (with Connection: close)
-within the grace period like those of connections accepted before.
+loop's transport (and before TLS, which follows the header on the wire, through the same
+TLS layer as on other listeners): the header's bytes are taken off the socket exactly, so
+whatever follows reaches the proxy or the TLS layer untouched. A connection whose header is
+missing, malformed or late is closed without an answer (nothing after a bad header can be
+trusted to be framed), as is one from an address outside `proxy_protocol_from`. On a
+graceful stop the listening socket closes and headers already on their way are still
+read: their requests are answered (with Connection: close) within the grace period like
+those of connections accepted before.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from revproxy.http.proxyproto import (
     parse,
 )
 from revproxy.proxy.client import ClientConnection
-from revproxy.proxy.runtime import TLS_SHUTDOWN, AddressSet, Listener
+from revproxy.proxy.runtime import AddressSet, Listener
+from revproxy.proxy.tlslayer import TLSLayer
 
 log = logging.getLogger("revproxy.proxy")
 
@@ -59,7 +61,7 @@ class ProxyProtocolServer:
         self._factory = factory
         self._allowed = AddressSet(listener.config.proxy_protocol_from)
         self._reading: set[asyncio.Task[None]] = set()  # header not yet read
-        self._opening: set[asyncio.Task[None]] = set()  # handed on, TLS handshake running
+        self._opening: set[asyncio.Task[None]] = set()  # being handed to the event loop
         self._rejected = 0
         self._accept_failures = 0
         self._closed = False
@@ -109,7 +111,9 @@ class ProxyProtocolServer:
                 return
             conn.setblocking(False)
             peer = str(addr[0])
-            if len(self._reading) + len(self._opening) >= self._listener.max_connections:
+            # Those not yet the proxy's: header being read, or (TLS) handshake under way.
+            starting = len(self._reading) + len(self._opening) + self._listener.tls_handshaking
+            if starting >= self._listener.max_connections:
                 self._reject(conn, peer, "limit", "over max_connections")
                 continue
             if self._allowed.networks and not self._allowed.holds(peer):
@@ -172,24 +176,18 @@ class ProxyProtocolServer:
             self._reading.discard(task)
         client = header.source[0] if header.source is not None else peer
 
-        def factory() -> ClientConnection:
+        listener = self._listener
+
+        def factory() -> asyncio.BaseProtocol:
             proto = self._factory()
             if header.source is not None:
                 proto.set_client(header.source, header.destination)
-            return proto
+            return proto if listener.ssl_context is None else TLSLayer(listener, proto)
 
-        listener = self._listener
         self._opening.add(task)
         try:
-            await self._loop.connect_accepted_socket(
-                factory,
-                conn,
-                ssl=listener.ssl_context,
-                ssl_handshake_timeout=listener.t_header if listener.ssl_context else None,
-                ssl_shutdown_timeout=TLS_SHUTDOWN if listener.ssl_context else None,
-            )
-        except (TimeoutError, OSError) as exc:
-            # A failed TLS handshake: counted by the listener when the protocol goes.
+            await self._loop.connect_accepted_socket(factory, conn)
+        except OSError as exc:
             log.debug("listener %s: client %s: %s", listener.name, client, exc)
         finally:
             self._opening.discard(task)

@@ -12,9 +12,7 @@ import ipaddress
 import logging
 import os
 import ssl
-import weakref
 from collections.abc import Iterable, Mapping
-from typing import Final
 
 from revproxy.balance.pool import Pool, Server
 from revproxy.config.model import Config, ListenerConfig, ServiceConfig
@@ -29,13 +27,6 @@ from revproxy.tls.context import build_listener_context, build_pool_context
 log = logging.getLogger("revproxy.proxy")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# Seconds a closing TLS connection on the event loop's TLS transport (PROXY protocol
-# listeners) waits for the client's close_notify after sending its own (the loop's default
-# is 30 s: a client keeping its socket open held it that long). The other listeners' TLS
-# layer (tlslayer.py) does not wait.
-TLS_SHUTDOWN: Final = 3.0
 
 
 class AddressSet:
@@ -174,7 +165,6 @@ class Listener:
         "new_request_id",
         "sni_reject",
         "max_connections",
-        "handshaking",
         "tls_handshaking",
         "draining",
         "_refused",
@@ -202,13 +192,8 @@ class Listener:
         self.scheme = b"https" if config.tls else b"http"
         self.sni_reject = config.tls and config.sni_mismatch == "reject"
         self.max_connections = max_connections
-        # TLS connections accepted whose handshake has not completed: a weak reference to
-        # a token the protocol holds -> since when. One whose protocol was freed before its
-        # handshake completed failed it (_handshake_gone); one still here after the header
-        # timeout is counted as failed.
-        self.handshaking: dict[weakref.ref[object], float] = {}
-        # Handshakes under way on connections with their own TLS layer (tlslayer.py),
-        # which counts them itself (and the failed ones).
+        # TLS handshakes under way: the TLS layer (tlslayer.py) counts them (and the failed
+        # ones); a stopping worker waits for them.
         self.tls_handshaking = 0
         # The worker is stopping: a connection that completes its handshake now is drained
         # at once (answered with Connection: close).
@@ -232,34 +217,6 @@ class Listener:
                 self.max_connections,
             )
         self._refused += 1
-
-    def handshake_started(self, token: object, now: float) -> None:
-        """A TLS connection was accepted at loop time `now`; its protocol holds `token`.
-
-        The token is an instance of a plain Python class (compiled classes cannot be
-        weakly referenced safely): it goes when the protocol goes.
-        """
-        self.handshaking[weakref.ref(token, self._handshake_gone)] = now
-
-    def handshake_done(self, token: object) -> None:
-        """The TLS handshake of the connection holding `token` completed."""
-        self.handshaking.pop(weakref.ref(token), None)
-
-    def _handshake_gone(self, ref: weakref.ref[object]) -> None:
-        # The event loop let go of the protocol before its handshake completed: the
-        # handshake failed or was cut (a dead reference is found by identity).
-        if self.handshaking.pop(ref, None) is not None:
-            self.stats.tls_handshake_failed(self.name)
-
-    def sweep_handshakes(self, now: float) -> None:
-        """Count TLS handshakes that did not complete within the header timeout."""
-        if not self.handshaking:
-            return
-        limit = now - self.t_header - 1.0
-        failed = [conn for conn, since in self.handshaking.items() if since < limit]
-        for conn in failed:
-            del self.handshaking[conn]
-            self.stats.tls_handshake_failed(self.name)
 
 
 class Runtime:
@@ -309,8 +266,6 @@ class Runtime:
         for ep in self.endpoints:
             if ep.idle:
                 ep.expire_idle(now)
-        for listener in self.listeners.values():
-            listener.sweep_handshakes(now)
 
     def close_idle(self) -> None:
         for ep in self.endpoints:

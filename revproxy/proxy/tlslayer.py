@@ -384,14 +384,21 @@ class ServerTLS(_Layer):
     """
 
     def __init__(
-        self, context: ssl.SSLContext, server_hostname: str | None, app: asyncio.Protocol
+        self,
+        context: ssl.SSLContext,
+        server_hostname: str | None,
+        app: asyncio.Protocol,
+        preface: bytes = b"",
     ) -> None:
         super().__init__(context, app)
         self._server_hostname = server_hostname
+        self._preface = preface  # sent before the handshake: a PROXY protocol header
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp = transport
+        if self._preface:
+            transport.write(self._preface)  # type: ignore[attr-defined]
         try:
             obj = self._context.wrap_bio(
                 self._incoming,

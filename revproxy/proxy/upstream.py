@@ -174,14 +174,14 @@ class Endpoint:
         """
         factory: Callable[[], ServerConnection] = lambda: ServerConnection(self)  # noqa: E731
         cfg = self.server.config
-        if header:
-            return await asyncio.wait_for(self._connect_with(factory, header, timeout), timeout)
         if self.ssl_context is None:
             coro = self._loop.create_connection(factory, cfg.host, cfg.port)
-            _, conn = await asyncio.wait_for(coro, timeout)
+            transport, conn = await asyncio.wait_for(coro, timeout)
+            if header:
+                transport.write(header)
             return conn
         conn = factory()
-        tls = ServerTLS(self.ssl_context, self.server_hostname, conn)
+        tls = ServerTLS(self.ssl_context, self.server_hostname, conn, header)
         try:
             # One deadline for TCP and the handshake, as for a plain connection.
             await asyncio.wait_for(self._handshaken(tls), timeout)
@@ -194,26 +194,3 @@ class Endpoint:
         cfg = self.server.config
         await self._loop.create_connection(lambda: tls, cfg.host, cfg.port)
         await tls.ready
-
-    async def _connect_with(
-        self, factory: Callable[[], ServerConnection], header: bytes, timeout: float
-    ) -> ServerConnection:
-        cfg = self.server.config
-        transport, conn = await self._loop.create_connection(factory, cfg.host, cfg.port)
-        try:
-            transport.write(header)
-            if self.ssl_context is not None:
-                tls = await self._loop.start_tls(
-                    transport,
-                    conn,
-                    self.ssl_context,
-                    server_hostname=self.server_hostname,
-                    ssl_handshake_timeout=timeout,
-                )
-                if tls is None:
-                    raise ConnectionResetError("closed during the TLS handshake")
-                conn.connection_made(tls)
-        except BaseException:
-            transport.abort()
-            raise
-        return conn
