@@ -8,9 +8,8 @@ worker most of them). It keeps the sockets open until it is told to stop: a
 worker that dies or is replaced on reload leaves the others accepting, and no
 listening socket ever closes, so no connection attempt is refused. On stop
 they close at once, so the ports refuse new connections while the workers
-finish what they have. The main
-process runs no event loop; it waits for signals synchronously (they are
-blocked and taken with sigtimedwait).
+finish what they have. The main process runs no event loop; it waits for
+signals synchronously (they are blocked and taken with sigtimedwait).
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reloads the configuration
 (validated first; a bad one is reported and the running one kept).
@@ -104,7 +103,7 @@ class Master:
         self.config_path = config_path
         self.config: Config | None = None
         self.contexts: dict[str, ssl.SSLContext] = {}  # the listeners' TLS contexts, by name
-        self.slots: dict[str, _Listening] = {}
+        self.listening: dict[str, _Listening] = {}
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (slot, started)
         self.retiring: set[int] = set()
         self.stopping = False
@@ -126,17 +125,19 @@ class Master:
         # A listener keeps its sockets when its address is unchanged; one on "any free
         # port" (port 0) keeps them when its name and host are unchanged.
         reused: dict[object, _Listening] = {}
-        for name, old in self.slots.items():
+        for name, old in self.listening.items():
             reused[old.key if old.key[1] else (name, old.key[0])] = old
         result: dict[str, _Listening] = {}
         try:
             for listener in config.listeners:
                 key = (listener.host, listener.port)
-                slots = reused.pop(key if listener.port else (listener.name, listener.host), None)
-                if slots is None:
-                    slots = _Listening(key, _bind(listener, listener.port))
-                port = slots.port
-                result[listener.name] = slots
+                listening = reused.pop(
+                    key if listener.port else (listener.name, listener.host), None
+                )
+                if listening is None:
+                    listening = _Listening(key, _bind(listener, listener.port))
+                port = listening.port
+                result[listener.name] = listening
                 log.info(
                     "listener %s on %s:%d (%s)",
                     listener.name,
@@ -145,9 +146,9 @@ class Master:
                     "tls" if listener.tls else "plain",
                 )
         except OSError:
-            for name, slots in result.items():
-                if self.slots.get(name) is not slots:
-                    slots.sock.close()
+            for name, listening in result.items():
+                if self.listening.get(name) is not listening:
+                    listening.sock.close()
             raise
         return result
 
@@ -155,7 +156,7 @@ class Master:
 
     def _spawn(self, slot: int) -> None:
         assert self.config is not None
-        sockets = {name: s.sock for name, s in self.slots.items()}
+        sockets = {name: s.sock for name, s in self.listening.items()}
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -183,7 +184,7 @@ class Master:
     # ------------------------------------------------------------------ control process
 
     def _ports(self) -> dict[str, int]:
-        return {name: slots.port for name, slots in self.slots.items()}
+        return {name: listening.port for name, listening in self.listening.items()}
 
     def _spawn_control(self) -> None:
         assert self.config is not None and self.shared is not None
@@ -200,8 +201,8 @@ class Master:
                 self.stats_tx.close()
                 if self.control_channel is not None:
                     self.control_channel.close()
-                for slots in self.slots.values():
-                    slots.sock.close()
+                for listening in self.listening.values():
+                    listening.sock.close()
                 process = ControlProcess(
                     self.config,
                     self.generation,
@@ -298,7 +299,7 @@ class Master:
         config = load_config(self.config_path)
         self.contexts = prepare(config)
         self.config = config
-        self.slots = self._open_sockets(config)
+        self.listening = self._open_sockets(config)
         self.generation = 1
         self.shared = SharedState()
         self.stats_rx, self.stats_tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -324,17 +325,17 @@ class Master:
             config = load_config(self.config_path)
             contexts = prepare(config)
             count = worker_count(config)
-            slots = self._open_sockets(config)
+            listening = self._open_sockets(config)
         except (ConfigError, TLSConfigError, OSError, ValueError) as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
             self._reloaded(False, str(exc))
             return False
-        old_slots = self.slots
-        kept = {id(s) for s in slots.values()}
+        old_listening = self.listening
+        kept = {id(s) for s in listening.values()}
         old_workers = set(self.workers)
         self.config = config
         self.contexts = contexts
-        self.slots = slots
+        self.listening = listening
         self.generation += 1
         if control_needed(config):
             if self.control is None:
@@ -350,7 +351,7 @@ class Master:
         # would inherit them: a removed listener's port would then take connections that
         # nobody accepts, instead of refusing them. (The old workers hold their own copies
         # until SIGQUIT tells them to stop accepting.)
-        for name, s in old_slots.items():
+        for name, s in old_listening.items():
             if id(s) not in kept:
                 log.info("listener %s closed", name)
                 s.sock.close()
@@ -419,8 +420,8 @@ class Master:
         return 0
 
     def _close_listening(self) -> None:
-        for slots in self.slots.values():
-            slots.sock.close()
+        for listening in self.listening.values():
+            listening.sock.close()
 
 
 def _reset_signals() -> None:

@@ -142,8 +142,8 @@ class _Layer(asyncio.Protocol):
         """The side's bookkeeping once the handshake is over, before the app is told."""
 
     def _handshake_failed(self, exc: BaseException) -> None:
-        """A handshake that did not complete: called once, in HANDSHAKE state."""
-        self._state = CLOSED
+        """A handshake that did not complete (each side says what that means)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------------- records
 
@@ -431,7 +431,8 @@ class ServerTLS(_Layer):
             self.ready.cancel()
         elif not self.ready.cancelled():
             self.ready.exception()  # retrieved: not reported as never retrieved
-        self._state = CLOSED if self._state == HANDSHAKE else self._state
+        if self._state == HANDSHAKE:
+            self._state = CLOSED
         tcp = self._tcp
         if tcp is not None:
             tcp.abort()
