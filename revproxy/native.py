@@ -38,6 +38,7 @@ MODULES = (
     "revproxy.proxy.exchange",
     "revproxy.proxy.router",
     "revproxy.proxy.runtime",
+    "revproxy.proxy.sending",
     "revproxy.proxy.serverside",
     "revproxy.proxy.stats",
     "revproxy.proxy.tlslayer",

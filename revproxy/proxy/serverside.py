@@ -40,6 +40,7 @@ from revproxy.proxy.exchange import (
     log,
 )
 from revproxy.proxy.runtime import Service
+from revproxy.proxy.sending import SEND_TARGET, write_in_sends
 from revproxy.proxy.upstream import ServerConnection
 
 
@@ -301,7 +302,10 @@ class ServerSide(ExchangeState):
         self._resp_seen = True
         self._active = self._loop.time()
         if self._phase == TUNNEL:
-            self._transport.write(data)  # type: ignore[union-attr]
+            if len(data) > SEND_TARGET:
+                self._send_large(data)
+            else:
+                self._transport.write(data)  # type: ignore[union-attr]
             return
         if self._resp is not None:
             self._response_body(data, b"")
@@ -429,13 +433,23 @@ class ServerSide(ExchangeState):
         transport = self._transport
         assert transport is not None
         self._bytes_out += len(head) + len(piece)
-        if not head:
-            if piece:
-                transport.write(piece)
-        elif len(piece) < 65536:
+        if len(piece) > SEND_TARGET:
+            if head:
+                transport.write(head)
+            self._send_large(piece)
+        elif head:
             transport.write(head + piece)
+        elif piece:
+            transport.write(piece)
+
+    def _send_large(self, data: bytes) -> None:
+        """Write more than SEND_TARGET bytes to the client (sending.py)."""
+        transport = self._transport
+        assert transport is not None
+        if self._listener.ssl_context is None:
+            write_in_sends(transport, data)
         else:
-            transport.writelines((head, piece))
+            transport.write(data)  # the TLS layer divides what it encrypts
 
     def _response_body(self, data: bytes, head: bytes) -> None:
         """Pass on the part of `data` that belongs to the response body (after `head`)."""
