@@ -169,10 +169,8 @@ class ClientConnection(ServerSide, asyncio.Protocol):
                     self._set_pause(P_PIPELINE, True)
 
     def eof_received(self) -> bool | None:
-        # Half-closed by the client: what it sent completely is still answered, then the
-        # connection closes. (A TLS transport closes on EOF whatever is returned.)
-        if self._listener.ssl_context is not None:
-            return False
+        # Half-closed by the client (a FIN, or TLS's close_notify): what it sent completely
+        # is still answered, then the connection closes.
         self._eof = True
         if self._phase == EXCHANGE and self._req_done:
             return True

@@ -18,7 +18,9 @@ On a listener, the handshake has the listener's header timeout. A refused handsh
 name no certificate serves with unknown_sni = "reject", a protocol version or cipher the
 listener does not speak) sends its alert before the connection closes. Closing sends close_notify
 and closes the socket once what was written is sent, without waiting for the client's own
-close_notify (as nginx does). The listener counts handshakes under way
+close_notify (as nginx does). The peer's FIN or close_notify reaches the connection above after
+every record that came before it, and that connection says whether it stays half-open to
+answer what it already has (as over plain TCP). The listener counts handshakes under way
 (`Listener.tls_handshaking`: a stopping worker waits for them) and failed ones. Towards a
 real server, the caller's connect timeout covers TCP and the handshake (`ServerTLS.ready`).
 """
@@ -71,6 +73,8 @@ class _Layer(asyncio.Protocol):
         self._reading = True  # the client connection has not paused reading
         self._read_soon = False
         self._error: Exception | None = None
+        self._peer_eof = False  # the peer's FIN or close_notify has come
+        self._eof_told = False  # ... and the connection above has been told
 
     # ----------------------------------------------------------- the socket's protocol
 
@@ -87,10 +91,29 @@ class _Layer(asyncio.Protocol):
         # unread bytes would reset the connection and could destroy the last response).
 
     def eof_received(self) -> bool:
-        # The peer's FIN: a TLS connection ends with it (also after close_notify).
+        """The peer's FIN. During the handshake, the handshake failed. Once open, the
+        connection above hears of it after every record that came before it, and its answer
+        says whether the connection stays half-open (to answer what it already has)."""
         if self._state == HANDSHAKE:
             self._handshake_failed(ConnectionResetError("closed during the TLS handshake"))
-        return False
+            return False
+        if self._state != OPEN or not self._app_up:
+            return False
+        self._peer_eof = True
+        if self._incoming.pending:
+            if not self._reading:
+                return True  # told after those records, when reading resumes (_read)
+            self._read()  # the complete records left (a cut one is dropped), then told
+            return self._state == OPEN
+        return self._tell_eof()
+
+    def _tell_eof(self) -> bool:
+        """Tell the connection above that the peer sends no more; True if it stays open."""
+        app = self._app
+        if self._eof_told or app is None:
+            return self._state == OPEN
+        self._eof_told = True
+        return bool(app.eof_received())
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state == HANDSHAKE:
@@ -189,9 +212,11 @@ class _Layer(asyncio.Protocol):
         app = self._app
         if first and app is not None:
             app.data_received(b"".join(more) if more is not None else first)
-        if closed and self._state == OPEN and app is not None:
-            app.eof_received()
-            self.close()
+        if closed:
+            self._peer_eof = True
+        if self._peer_eof and self._state == OPEN and not self._eof_told:
+            if not self._tell_eof():
+                self.close()
             return
         if self._outgoing.pending:
             self._flush()  # a reply to a key update

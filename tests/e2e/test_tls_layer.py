@@ -2,7 +2,8 @@
 
 Pipelined requests whose responses outrun the client pass the layer's read pause and come
 back whole and in order; a large upload streams through it; a client's close_notify is
-answered with the proxy's and the connection ends; an early answer (413 while the body still
+answered with the proxy's and the connection ends; requests sent before a client's FIN or
+close_notify are still answered, then the connection ends; an early answer (413 while the body still
 comes) ends with close_notify and a FIN, the rest of the body read and dropped, not with a
 reset; a client that never starts its handshake is cut at the header timeout and counted
 as a failed handshake.
@@ -122,6 +123,81 @@ def test_client_close_notify_is_answered_and_the_connection_ends(
         plain.close()
     finally:
         sock.close()
+
+
+def test_pipelined_requests_before_a_fin_are_all_answered(
+    tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
+) -> None:
+    proxy, client = tls_proxy
+    with _tls(proxy, client) as sock:
+        # 20 large answers, then the client's FIN (no close_notify): the proxy is still
+        # paused on the first answers when the FIN comes, with the later requests' records
+        # waiting in the layer. The client has nothing more to send, but wants its answers.
+        sock.sendall(
+            b"".join(b"GET /big/%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i for i in range(20))
+        )
+        socket.socket.shutdown(sock, socket.SHUT_WR)  # the TCP FIN under the TLS socket
+        reader = ResponseReader(sock)
+        for i in range(20):
+            try:
+                resp = reader.next()
+            except EOFError:
+                raise AssertionError(f"closed before response {i}: {proxy.log()}") from None
+            assert (resp.status, resp.body) == (200, chr(ord("a") + i).encode() * BIG), i
+        assert closed_by_peer(sock, 5.0)
+
+
+def _pump(out: ssl.MemoryBIO, sock: socket.socket) -> None:
+    data = out.read()
+    if data:
+        sock.sendall(data)
+
+
+def test_close_notify_after_a_request_still_gets_its_answer(
+    tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
+) -> None:
+    proxy, client = tls_proxy
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client.wrap_bio(incoming, outgoing, server_hostname="a.test")
+    with socket.create_connection(("127.0.0.1", proxy.port("plain")), timeout=10) as sock:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                _pump(outgoing, sock)
+                incoming.write(sock.recv(65536))
+        _pump(outgoing, sock)
+        # The request and the client's close_notify in one write, no FIN: TLS 1.3 lets
+        # the client end its sending while it still reads.
+        obj.write(b"GET /big/3 HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.unwrap()  # writes close_notify, then waits for the proxy's
+        _pump(outgoing, sock)
+        plaintext = b""
+        ended = False
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            while True:
+                try:
+                    piece = obj.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    ended = True  # the proxy's close_notify
+                    break
+                if not piece:
+                    ended = True
+                    break
+                plaintext += piece
+    head, _, body = plaintext.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), plaintext[:200]
+    assert body == b"d" * BIG
+    assert ended, "no close_notify from the proxy after the answer"
 
 
 def test_client_that_never_starts_its_handshake_is_cut_and_counted(
