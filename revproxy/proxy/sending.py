@@ -1,14 +1,13 @@
 """Large writes handed to a socket in several sends of whole TCP segments.
 
 A proxy reads a body from one socket in pieces of up to 256 KiB and writes each piece to
-the other. Written in one send, such a piece gave the 1 MiB responses of the benchmark a
-latency tail of 20-40 ms at the 99th percentile on this project's machines, where the
-kernel's congestion control is BBR: on loopback its bandwidth estimate now and then
-collapsed to about 100 Mbit/s and the rest of the response was paced out at that rate. The
-same pieces written as sends of whole segments (the kernel checks whether the sender is
-application-limited at the start of each send) kept the 99th percentile at 4-6 ms; sends
-of 64 KiB, which are not a whole number of loopback segments, did less well and cost more
-CPU for the small segment each one left.
+the other. Written in one send each, such pieces gave the benchmark's 1 MiB responses a
+99th percentile of 20-40 ms (at half load, on loopback, with BBR as the kernel's congestion
+control): the connection's bandwidth estimate now and then collapsed to about 100 Mbit/s
+and the rest of a response was paced out at that rate. The same pieces written as sends
+of whole segments (the kernel checks whether the sender is application-limited at the
+start of each send) kept the 99th percentile at 4-8 ms. Sends of 64 KiB, not a whole
+number of loopback segments, cost more CPU for the small segment each one left.
 
 So a piece longer than SEND_TARGET goes out in sends of the largest whole number of
 segments (the socket's current MSS) that fits in SEND_TARGET, at least one segment: one
