@@ -73,6 +73,23 @@ def _tls(proxy: ProxyProcess, client: ssl.SSLContext) -> ssl.SSLSocket:
     return client.wrap_socket(raw, server_hostname="a.test")
 
 
+def _ask_for_big(sock: ssl.SSLSocket, count: int = 20) -> None:
+    """`count` requests for /big/0, /big/1, ... in one write."""
+    sock.sendall(
+        b"".join(b"GET /big/%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i for i in range(count))
+    )
+
+
+def _read_big(proxy: ProxyProcess, reader: ResponseReader, count: int = 20) -> None:
+    """The answers to _ask_for_big, each whole and in order."""
+    for i in range(count):
+        try:
+            resp = reader.next()
+        except EOFError:
+            raise AssertionError(f"closed before response {i}: {proxy.log()}") from None
+        assert (resp.status, resp.body) == (200, chr(ord("a") + i).encode() * BIG), i
+
+
 def test_pipelined_requests_outrunning_the_client_come_back_whole_and_in_order(
     tls_proxy: tuple[ProxyProcess, ssl.SSLContext],
 ) -> None:
@@ -80,18 +97,9 @@ def test_pipelined_requests_outrunning_the_client_come_back_whole_and_in_order(
     with _tls(proxy, client) as sock:
         # 20 requests in one write; the client reads nothing until all are sent, so the
         # proxy pauses reading (records wait in the layer) and resumes as it drains.
-        sock.sendall(
-            b"".join(b"GET /big/%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i for i in range(20))
-        )
+        _ask_for_big(sock)
         reader = ResponseReader(sock)
-        for i in range(20):
-            try:
-                resp = reader.next()
-            except EOFError:
-                raise AssertionError(f"closed before response {i}: {proxy.log()}") from None
-            letter = chr(ord("a") + i).encode()
-            assert resp.status == 200, i
-            assert resp.body == letter * BIG, i
+        _read_big(proxy, reader)
         sock.sendall(b"GET /after HTTP/1.1\r\nHost: a.test\r\n\r\n")
         assert reader.next().body == b"/after 0"
 
@@ -133,17 +141,9 @@ def test_pipelined_requests_before_a_fin_are_all_answered(
         # 20 large answers, then the client's FIN (no close_notify): the proxy is still
         # paused on the first answers when the FIN comes, with the later requests' records
         # waiting in the layer. The client has nothing more to send, but wants its answers.
-        sock.sendall(
-            b"".join(b"GET /big/%d HTTP/1.1\r\nHost: a.test\r\n\r\n" % i for i in range(20))
-        )
+        _ask_for_big(sock)
         socket.socket.shutdown(sock, socket.SHUT_WR)  # the TCP FIN under the TLS socket
-        reader = ResponseReader(sock)
-        for i in range(20):
-            try:
-                resp = reader.next()
-            except EOFError:
-                raise AssertionError(f"closed before response {i}: {proxy.log()}") from None
-            assert (resp.status, resp.body) == (200, chr(ord("a") + i).encode() * BIG), i
+        _read_big(proxy, ResponseReader(sock))
         assert closed_by_peer(sock, 5.0)
 
 
