@@ -42,7 +42,7 @@ from revproxy.proxy.exchange import (
     log,
 )
 from revproxy.proxy.runtime import Service
-from revproxy.proxy.sending import SEND_TARGET, write_in_sends
+from revproxy.proxy.sending import write_out
 from revproxy.proxy.serverside import ServerSide
 from revproxy.proxy.upstream import WRITE_HIGH, WRITE_LOW
 from revproxy.tls.context import served_names_of, sni_host_mismatch, sni_of
@@ -431,8 +431,8 @@ class ClientConnection(ServerSide, asyncio.Protocol):
     def _send_up(self, data: bytes) -> None:
         up = self._up
         if up is not None and up.transport is not None:
-            if len(data) > SEND_TARGET and up.endpoint.ssl_context is None:
-                write_in_sends(up.transport, data)
+            if up.endpoint.ssl_context is None:
+                write_out(up.transport, data)
             else:
                 up.transport.write(data)  # (a TLS layer divides what it encrypts)
         elif self._pending is not None:

@@ -53,3 +53,12 @@ def write_in_sends(transport: asyncio.WriteTransport, data: bytes) -> None:
         if transport.is_closing():
             return
         transport.write(view[start : start + size])
+
+
+def write_out(transport: asyncio.WriteTransport, data: bytes) -> None:
+    """Write `data` to a socket's own transport: more than SEND_TARGET bytes in several
+    sends (write_in_sends), less in one write."""
+    if len(data) > SEND_TARGET:
+        write_in_sends(transport, data)
+    else:
+        transport.write(data)

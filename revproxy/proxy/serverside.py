@@ -40,7 +40,7 @@ from revproxy.proxy.exchange import (
     log,
 )
 from revproxy.proxy.runtime import Service
-from revproxy.proxy.sending import SEND_TARGET, write_in_sends
+from revproxy.proxy.sending import SEND_TARGET, write_out
 from revproxy.proxy.upstream import ServerConnection
 
 
@@ -302,10 +302,7 @@ class ServerSide(ExchangeState):
         self._resp_seen = True
         self._active = self._loop.time()
         if self._phase == TUNNEL:
-            if len(data) > SEND_TARGET:
-                self._send_large(data)
-            else:
-                self._transport.write(data)  # type: ignore[union-attr]
+            self._to_client(data)
             return
         if self._resp is not None:
             self._response_body(data, b"")
@@ -436,18 +433,18 @@ class ServerSide(ExchangeState):
         if len(piece) > SEND_TARGET:
             if head:
                 transport.write(head)
-            self._send_large(piece)
+            self._to_client(piece)
         elif head:
             transport.write(head + piece)
         elif piece:
             transport.write(piece)
 
-    def _send_large(self, data: bytes) -> None:
-        """Write more than SEND_TARGET bytes to the client (sending.py)."""
+    def _to_client(self, data: bytes) -> None:
+        """Write to the client, a large piece in several sends (sending.py)."""
         transport = self._transport
         assert transport is not None
         if self._listener.ssl_context is None:
-            write_in_sends(transport, data)
+            write_out(transport, data)
         else:
             transport.write(data)  # the TLS layer divides what it encrypts
 

@@ -32,7 +32,7 @@ import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from revproxy.proxy.sending import SEND_TARGET, write_in_sends
+from revproxy.proxy.sending import write_out
 
 if TYPE_CHECKING:
     # (Only a type here: runtime.py reaches this module through upstream.py.)
@@ -45,14 +45,6 @@ HANDSHAKE: Final = 0
 OPEN: Final = 1
 CLOSING: Final = 2
 CLOSED: Final = 3
-
-
-def _to_socket(tcp: asyncio.Transport, data: bytes) -> None:
-    """Hand encrypted bytes to the socket's transport, a large piece in several sends."""
-    if len(data) > SEND_TARGET:
-        write_in_sends(tcp, data)  # (sending.py)
-    else:
-        tcp.write(data)
 
 
 class _Layer(asyncio.Protocol):
@@ -229,7 +221,7 @@ class _Layer(asyncio.Protocol):
     def _flush(self) -> None:
         data = self._outgoing.read()
         if data and self._tcp is not None:
-            _to_socket(self._tcp, data)
+            write_out(self._tcp, data)
 
     def _fatal(self, exc: Exception) -> None:
         """A broken record or protocol error: the connection is cut."""
@@ -269,7 +261,7 @@ class _Layer(asyncio.Protocol):
         """Hand what was just encrypted to the socket's transport."""
         tcp = self._tcp
         assert tcp is not None
-        _to_socket(tcp, self._outgoing.read())
+        write_out(tcp, self._outgoing.read())
 
     def can_write_eof(self) -> bool:
         return True
